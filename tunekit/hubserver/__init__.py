@@ -1,0 +1,1 @@
+"""A small, self-hostable Hugging Face Hub-compatible server (``tunekit hub serve``)."""
