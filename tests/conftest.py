@@ -51,3 +51,39 @@ def smol_tokenizer(smol_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smol_tokenizer_dir) -> Path:
+    """A tiny randomly initialised Llama-style model with the SmolLM2 tokenizer: trains in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = SESSION_HOME / "tiny-llama"
+    if (out / "model.safetensors").exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "README.md").write_text("---\nlicense: mit\n---\nA tiny random model for tunekit's tests.\n")
+    return out
+
+
+@pytest.fixture
+def chat_rows() -> list[dict]:
+    """A dozen short conversations in OpenAI format."""
+    rows = []
+    for i in range(12):
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is {i} plus {i}?"},
+            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+        ]})
+    return rows

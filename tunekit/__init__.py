@@ -1,2 +1,71 @@
-"""tunekit: fine-tune an open chat model in a few lines."""
+"""tunekit: fine-tune an open chat model in a few lines and publish it on the Hub.
+
+>>> import tunekit
+>>> result = tunekit.finetune("train.jsonl", method="qlora")
+>>> result.chat("Summarise this episode: ...")
+
+Heavy libraries (torch, transformers, TRL) are imported on first use, so ``import tunekit`` is fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConfigError,
+    DataError,
+    HubError,
+    ModelError,
+    ResourceError,
+    TemplateError,
+    TrainingError,
+    TunekitError,
+)
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "finetune",
+    "load",
+    "preview",
+    "TuneResult",
+    "Options",
+    "TunekitError",
+    "ConfigError",
+    "DataError",
+    "TemplateError",
+    "ModelError",
+    "ResourceError",
+    "HubError",
+    "TrainingError",
+    "__version__",
+]
+
+_LAZY = {
+    "finetune": ("train", "finetune"),
+    "load": ("result", "load"),
+    "TuneResult": ("result", "TuneResult"),
+    "Options": ("options", "Options"),
+    "preview": ("train", "preview"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import preview
+    from .options import Options
+    from .result import TuneResult, load
+    from .train import finetune
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tunekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,93 @@
+"""Training end to end on a tiny random model: every method, output folder, resume, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tunekit
+from tunekit.errors import ConfigError, DataError
+
+FAST = dict(epochs=1, batch_size=4, grad_accum=1, max_length=128, progress=False)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_each_method_trains_and_saves_a_loadable_output(method, tiny_model_dir, chat_rows, tmp_path):
+    out = tmp_path / method
+    result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), method=method, output_dir=str(out),
+                              eval_split=4, **FAST)
+    assert result.method == method
+    assert result.adapter == (method != "full")
+    weights = "adapter_model.safetensors" if method != "full" else "model.safetensors"
+    for name in (weights, "README.md", "metrics.json", "loss.png", "tunekit.json", "tokenizer_config.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2  # 8 train rows / batch 4
+    assert metrics["train_rows"] == 8 and metrics["eval_rows"] == 4
+    assert metrics["eval_loss_first"] is not None
+    assert metrics["tokens_per_second"] > 0 and metrics["peak_memory_bytes"] > 0
+    assert 0 < metrics["trainable_params"] <= metrics["total_params"]
+    if method != "full":
+        assert metrics["trainable_params"] < metrics["total_params"] / 2
+        cfg = json.loads((out / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == str(tiny_model_dir)
+        assert cfg["r"] == 16 and cfg["lora_alpha"] == 32
+    reopened = tunekit.load(out)
+    reply = reopened.chat("What is 2 plus 2?", max_new_tokens=5)
+    assert isinstance(reply, str)
+    assert not list(out.glob("*.bin")), "weights must be safetensors"
+
+
+def test_unknown_and_invalid_options_are_all_reported(chat_rows):
+    with pytest.raises(ConfigError) as err:
+        tunekit.finetune(chat_rows, metod="lora", lr=5, epochs=0, method="adapter")
+    msg = str(err.value)
+    assert "metod" in msg and "did you mean 'method'" in msg
+    with pytest.raises(ConfigError) as err:
+        tunekit.finetune(chat_rows, lr=5, epochs=0, method="adapter", training_args={"learnin_rate": 1})
+    assert len(err.value.problems) == 4
+    assert "learning_rate" in str(err.value)
+
+
+def test_existing_output_dir_is_never_overwritten(tiny_model_dir, chat_rows, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="never overwrites"):
+        tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(out), **FAST)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_bad_rows_stop_training_before_any_model_loads(tmp_path, tiny_model_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DataError) as err:
+        tunekit.finetune(str(bad), base=str(tiny_model_dir), output_dir=str(tmp_path / "o"), **FAST)
+    assert "bad.jsonl" in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_model_dir, chat_rows, tmp_path):
+    out = tmp_path / "run"
+    opts = dict(base=str(tiny_model_dir), output_dir=str(out), eval_split=0, epochs=2, batch_size=4,
+                grad_accum=1, progress=False, eval_steps=1)
+    tunekit.finetune(chat_rows, **opts, training_args={"max_steps": 2})
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    # Continue the same run to the end: it must start at step 2, not redo steps 1-2.
+    result = tunekit.finetune(chat_rows, **opts, resume=True)
+    history = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    steps = [h["step"] for h in history if "loss" in h]
+    assert steps == sorted(set(steps)), "no step is trained twice"
+    assert result.metrics["steps"] == 6
+
+
+def test_base_comparison_and_streaming(tiny_model_dir, chat_rows, tmp_path):
+    result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(tmp_path / "r"), **FAST)
+    whole = result.chat("What is 3 plus 3?", max_new_tokens=6)
+    pieces = list(result.chat("What is 3 plus 3?", max_new_tokens=6, stream=True))
+    assert "".join(pieces).strip() == whole
+    base_reply = result.chat("What is 3 plus 3?", max_new_tokens=6, use_adapter=False)
+    assert isinstance(base_reply, str)
+    ev = result.evaluate(chat_rows[:4])
+    assert ev["rows"] == 4 and ev["loss"] > 0 and ev["tokens"] > 0

@@ -1,0 +1,82 @@
+"""The three ways of adapting a model — full, LoRA, QLoRA — as recipes over one training path.
+
+They differ only in how the base is loaded (4-bit or not), which parameters train (all, or LoRA
+matrices B·A with W' = W + (alpha/r)·B·A), the learning rate and the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Method = Literal["full", "lora", "qlora"]
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+
+# Seeds' defaults (DESIGN §2): LoRA/QLoRA learn fast at 2e-4; full fine-tuning needs ~10x less.
+DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+
+
+def default_lr(method: str) -> float:
+    return DEFAULT_LR[method]
+
+
+def uses_peft(method: str) -> bool:
+    return method in ("lora", "qlora")
+
+
+def quantized(method: str) -> bool:
+    return method == "qlora"
+
+
+def optimizer_name(method: str, *, cuda: bool) -> str:
+    """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU."""
+    if method == "qlora" and cuda:
+        return "paged_adamw_32bit"
+    return "adamw_torch"
+
+
+def lora_config(
+    *,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: str | list[str],
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    modules_to_save: list[str] | None = None,
+):
+    """A PEFT ``LoraConfig`` for a causal LM."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def prepare_for_kbit(model, *, gradient_checkpointing: bool):
+    """PEFT's k-bit preparation (norms in fp32, input grads), without forcing gradient
+    checkpointing on: on CPU with memory to spare it only costs time."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights counted as their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        # bitsandbytes packs two 4-bit values per uint8 element.
+        if getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total

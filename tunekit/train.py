@@ -1,0 +1,380 @@
+"""The one training path: data → template → SFTTrainer → output folder.
+
+Full, LoRA and QLoRA differ only in how the model is loaded and wrapped (``methods.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import card, data, methods, models, templates
+from .errors import ConfigError, TrainingError
+from .options import Options
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "tunekit.json"  # what tunekit.load() needs to reopen a run
+
+
+def finetune(data_source: Any, **options: Any):
+    """Fine-tune a chat model on your data.
+
+    Args:
+        data_source: a path (.jsonl/.json/.csv/.parquet or a folder), a Hub dataset id, a
+            ``datasets.Dataset``/``DatasetDict`` or a list of dicts, in any common chat format
+            (OpenAI messages, ShareGPT, Alpaca, prompt/completion, plain text).
+        **options: see :class:`tunekit.options.Options` — e.g. ``base``, ``method``
+            ("full" | "lora" | "qlora"), ``epochs``, ``lr``, ``r``, ``output_dir``, ``resume``.
+
+    Returns:
+        TuneResult: paths, metrics and methods to chat with, evaluate, push and merge the result.
+
+    Raises:
+        ConfigError: unknown or invalid options (all listed at once).
+        DataError: rows that cannot be used (file, row, field and fix for each).
+        ModelError / TemplateError / ResourceError: base, template or machine problems.
+
+    Example:
+        >>> r = tunekit.finetune("train.jsonl", method="qlora", epochs=1)
+        >>> r.chat("Summarise this episode: ...")
+    """
+    opts = Options.from_kwargs(options)
+    run = _Run(data_source, opts)
+    return run.execute()
+
+
+def prepare_tokenizer(base_name: str | None, template_name: str | None):
+    """Resolve the base and its tokenizer with the chat template set. Returns the base, the
+    tokenizer, the template and the template tokens that had to be added to the vocabulary."""
+    base = models.resolve_base(base_name)
+    tokenizer = models.load_tokenizer(base.path)
+    template = templates.resolve_template(tokenizer, template_name)
+    missing = templates.apply_template(tokenizer, template)
+    if missing:
+        # Tokens the template needs but the vocabulary lacks: add them (the model is resized and
+        # the new embeddings trained), rather than letting them split into ordinary pieces.
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    return base, tokenizer, template, missing
+
+
+def preview(data_source: Any, *, base: str | None = None, template: str | None = None, n: int = 3,
+            train_on: str = "assistant", color: bool = False) -> str:
+    """Show how rows will be rendered with the chat template, trained spans marked.
+
+    Args:
+        data_source: anything ``finetune`` accepts.
+        base: the base whose tokenizer and template to use (default: the embedded model).
+        template: a template name to use instead of the base's own.
+        n: how many rows to show.
+        train_on: "assistant" or "all", as in ``finetune``.
+        color: mark trained spans with ANSI green instead of brackets.
+
+    Returns:
+        The rendered text.
+    """
+    rows, _ = data.read_examples(data_source)
+    _, tokenizer, _, _ = prepare_tokenizer(base, template)
+    return templates.preview(rows[:n], tokenizer, n=n, train_on=train_on, color=color)
+
+
+class _Run:
+    def __init__(self, data_source: Any, opts: Options):
+        self.data_source = data_source
+        self.opts = opts
+
+    # -- preparation -------------------------------------------------------------------------
+    def execute(self):
+        opts = self.opts
+        train_rows, report = data.read_examples(self.data_source, on_bad_rows=opts.on_bad_rows)
+        if opts.eval_data is not None:
+            eval_rows, _ = data.read_examples(opts.eval_data, on_bad_rows=opts.on_bad_rows)
+        else:
+            train_rows, eval_rows = data.split_examples(train_rows, opts.eval_split, seed=opts.seed)
+        self.report = report
+        out = self._output_dir()
+
+        base, tokenizer, template, missing = prepare_tokenizer(opts.base, opts.template)
+        train_enc, skipped = templates.encode_all(
+            train_rows, tokenizer, train_on=opts.train_on, max_length=opts.max_length,
+            on_bad_rows=opts.on_bad_rows, source=report.source,
+        )
+        eval_enc, eval_skipped = templates.encode_all(
+            eval_rows, tokenizer, train_on=opts.train_on, max_length=opts.max_length,
+            on_bad_rows=opts.on_bad_rows, source=str(opts.eval_data or report.source),
+        )
+        if not train_enc:
+            raise TrainingError("no training rows are left after validation; nothing to train on")
+
+        where = models.placement(opts.device)
+        model = models.load_model(
+            base.path, where=where, quantize_4bit=methods.quantized(opts.method),
+            trust_remote_code=opts.trust_remote_code,
+        )
+        new_token_ids = []
+        if missing:
+            model.resize_token_embeddings(len(tokenizer))
+            new_token_ids = tokenizer.convert_tokens_to_ids(missing)
+        checkpointing = opts.gradient_checkpointing if opts.gradient_checkpointing is not None else where.is_cuda
+        peft_config = None
+        if methods.uses_peft(opts.method):
+            peft_config = methods.lora_config(
+                r=opts.r, alpha=opts.alpha, dropout=opts.dropout,
+                target_modules=opts.target_module_list(), use_dora=opts.use_dora, use_rslora=opts.use_rslora,
+            )
+            if new_token_ids:
+                peft_config.trainable_token_indices = {"embed_tokens": new_token_ids}
+        if methods.quantized(opts.method):
+            model = methods.prepare_for_kbit(model, gradient_checkpointing=checkpointing)
+
+        stats = _token_stats(train_enc)
+        trainer = self._trainer(model, tokenizer, peft_config, train_enc, eval_enc, out, where, checkpointing)
+        resume_from = _last_checkpoint(out) if opts.resume else None
+        if opts.resume and resume_from is None:
+            log.warning("resume=True but %s has no checkpoint yet; starting from the beginning", out)
+
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        wall = time.perf_counter() - start
+        trainer.save_model(str(out))
+        tokenizer.save_pretrained(str(out))
+        if peft_config is not None:
+            _fix_adapter_base_name(out, base.name if not base.embedded else models.EMBEDDED_ID)
+
+        epochs_done = trainer.state.epoch or opts.epochs
+        metrics = _metrics(trainer, stats, epochs_done, wall, where, report, len(train_enc), len(eval_enc),
+                           skipped + eval_skipped)
+        trainable, total = methods.trainable_parameters(trainer.model)
+        metrics.update(trainable_params=trainable, total_params=total)
+        run_info = {
+            "tunekit_version": _version(),
+            "base": base.name,
+            "base_path": str(base.path) if not base.embedded and Path(base.name).is_dir() else None,
+            "embedded_base": base.embedded,
+            "base_license": base.license,
+            "method": opts.method,
+            "adapter": peft_config is not None,
+            "template": {"name": template.name, "sha256": template.sha256, "eos": template.eos},
+            "train_on": opts.train_on,
+            "options": _jsonable(vars(opts)),
+            "data": {
+                "source": report.source, "format": report.format, "rows": report.rows,
+                "train_rows": len(train_enc), "eval_rows": len(eval_enc),
+                "skipped": len(report.skipped) + len(skipped) + len(eval_skipped),
+                "hub_dataset": report.hub_dataset,
+                "train_tokens": stats["tokens"], "trained_tokens": stats["trained"],
+            },
+            "created": datetime.now().isoformat(timespec="seconds"),
+        }
+        (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        card.plot_loss(trainer.state.log_history, out / "loss.png")
+        card.write_card(out, run_info, metrics)
+
+        from .result import TuneResult
+
+        result = TuneResult.from_dir(out)
+        if opts.push_to:
+            result.push(opts.push_to, private=opts.private)
+        return result
+
+    def _output_dir(self) -> Path:
+        opts = self.opts
+        if opts.output_dir:
+            out = Path(opts.output_dir).expanduser()
+            if out.exists() and any(out.iterdir()) and not opts.resume:
+                raise ConfigError(
+                    f"output_dir {out} already exists and is not empty; tunekit never overwrites a run. "
+                    "Pass resume=True to continue it, or choose another output_dir."
+                )
+        else:
+            base = (opts.base or models.EMBEDDED_ID).rstrip("/").split("/")[-1]
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = Path("runs") / f"{base}-{opts.method}-{stamp}"
+            n = 1
+            while out.exists():
+                n += 1
+                out = Path("runs") / f"{base}-{opts.method}-{stamp}-{n}"
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+
+    def _trainer(self, model, tokenizer, peft_config, train_enc, eval_enc, out: Path, where, checkpointing: bool):
+        from datasets import Dataset
+        from transformers import EarlyStoppingCallback
+        from trl import SFTConfig
+
+        opts = self.opts
+        has_eval = len(eval_enc) > 0
+        updates_per_epoch = math.ceil(len(train_enc) / (opts.batch_size * opts.grad_accum))
+        total_updates = max(1, math.ceil(updates_per_epoch * opts.epochs))
+        eval_steps = opts.eval_steps or max(1, round(total_updates / 5))
+        args: dict[str, Any] = dict(
+            output_dir=str(out / "checkpoints"),
+            num_train_epochs=opts.epochs,
+            per_device_train_batch_size=opts.batch_size,
+            per_device_eval_batch_size=opts.batch_size,
+            gradient_accumulation_steps=opts.grad_accum,
+            learning_rate=opts.lr or methods.default_lr(opts.method),
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            weight_decay=0.0,
+            optim=methods.optimizer_name(opts.method, cuda=where.is_cuda),
+            seed=opts.seed,
+            data_seed=opts.seed,
+            logging_steps=max(1, min(10, eval_steps)),
+            logging_first_step=True,
+            save_strategy="steps",
+            save_steps=eval_steps,
+            save_total_limit=2,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=eval_steps if has_eval else None,
+            load_best_model_at_end=has_eval,
+            metric_for_best_model="eval_loss" if has_eval else None,
+            greater_is_better=False if has_eval else None,
+            # bf16 on CPU is ~100x slower than fp32 here (DESIGN §3): only use it on a GPU.
+            bf16=where.is_cuda and str(where.dtype) == "torch.bfloat16",
+            fp16=where.is_cuda and str(where.dtype) == "torch.float16",
+            use_cpu=not where.is_cuda,
+            gradient_checkpointing=checkpointing,
+            max_length=opts.max_length,
+            packing=False,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            remove_unused_columns=True,
+            save_only_model=False,
+        )
+        args.update(opts.training_args or {})
+        config = SFTConfig(**args)
+        callbacks = []
+        if has_eval and opts.early_stopping:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping))
+        if opts.progress:
+            from .progress import ProgressBar
+
+            callbacks.append(ProgressBar())
+        columns = ("input_ids", "labels")
+        train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in train_enc])
+        eval_ds = Dataset.from_list([{k: r[k] for k in columns} for r in eval_enc]) if has_eval else None
+        return _Trainer(
+            model=model,
+            args=config,
+            train_dataset=train_ds,
+            eval_dataset=eval_ds,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+            compute_dtype=where.dtype,
+        )
+
+
+def _trainer_class():
+    from trl import SFTTrainer
+
+    class Trainer(SFTTrainer):
+        """SFTTrainer, plus: trainable params kept in the compute dtype (TRL casts a quantized
+        model's adapters to bf16, which is ~100x slower than fp32 on CPU)."""
+
+        def __init__(self, *args, compute_dtype=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            if compute_dtype is not None:
+                for p in self.model.parameters():
+                    if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
+                        p.data = p.data.to(compute_dtype)
+
+    return Trainer
+
+
+def _Trainer(**kwargs):
+    return _trainer_class()(**kwargs)
+
+
+def _token_stats(encoded: list[dict]) -> dict[str, int]:
+    tokens = sum(len(r["input_ids"]) for r in encoded)
+    trained = sum(sum(1 for t in r["labels"] if t != -100) for r in encoded)
+    return {"tokens": tokens, "trained": trained}
+
+
+def _metrics(trainer, stats, epochs, wall, where, report, n_train, n_eval, skipped) -> dict[str, Any]:
+    history = trainer.state.log_history
+    train_losses = [h["loss"] for h in history if "loss" in h]
+    eval_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+    tokens_seen = stats["tokens"] * epochs
+    metrics: dict[str, Any] = {
+        "train_loss_first": train_losses[0] if train_losses else None,
+        "train_loss_last": train_losses[-1] if train_losses else None,
+        "eval_loss_first": eval_losses[0] if eval_losses else None,
+        "eval_loss_best": min(eval_losses) if eval_losses else None,
+        "eval_loss_last": eval_losses[-1] if eval_losses else None,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "epochs": round(float(epochs), 3),
+        "steps": trainer.state.global_step,
+        "train_rows": n_train,
+        "eval_rows": n_eval,
+        "skipped_rows": len(report.skipped) + len(skipped),
+        "tokens_per_epoch": stats["tokens"],
+        "trained_tokens_per_epoch": stats["trained"],
+        "tokens_per_second": round(tokens_seen / wall, 2) if wall > 0 else None,
+        "trained_tokens_per_second": round(stats["trained"] * epochs / wall, 2) if wall > 0 else None,
+        "wall_seconds": round(wall, 2),
+        "device": where.device,
+        "dtype": str(where.dtype).replace("torch.", ""),
+    }
+    metrics.update(_peak_memory(where))
+    return metrics
+
+
+def _peak_memory(where) -> dict[str, Any]:
+    if where.is_cuda:
+        import torch
+
+        return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "peak_memory_kind": "cuda_max_allocated"}
+    import resource
+
+    # Linux reports ru_maxrss in KiB: the peak resident set of this process so far.
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "rss"}
+
+
+def _last_checkpoint(out: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return None
+    last = get_last_checkpoint(str(folder))
+    return Path(last) if last else None
+
+
+def _fix_adapter_base_name(out: Path, name: str) -> None:
+    """PEFT records the local folder the base was loaded from; record the Hub name instead, so
+    the adapter resolves its base on another machine."""
+    path = out / "adapter_config.json"
+    if path.exists():
+        cfg = json.loads(path.read_text())
+        cfg["base_model_name_or_path"] = name
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)) for k, v in d.items()}
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work (torch's default can leave cores idle in containers)."""
+    import torch
+
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
