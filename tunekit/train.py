@@ -5,6 +5,7 @@ Full, LoRA and QLoRA differ only in how the model is loaded and wrapped (``metho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -46,8 +47,28 @@ def finetune(data_source: Any, **options: Any):
         >>> r.chat("Summarise this episode: ...")
     """
     opts = Options.from_kwargs(options)
-    run = _Run(data_source, opts)
-    return run.execute()
+    with _quiet_libraries():
+        return _Run(data_source, opts).execute()
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Our own progress bar replaces the per-stage bars of datasets and transformers (dataset
+    maps, weight loading), which otherwise flood the terminal; restored afterwards."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets_bars = datasets.is_progress_bar_enabled()
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_bars:
+            datasets.enable_progress_bars()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
 
 
 def prepare_tokenizer(base_name: str | None, template_name: str | None):
@@ -143,6 +164,9 @@ class _Run:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         wall = time.perf_counter() - start
         trainer.save_model(str(out))
+        # save_model also pickles the TrainingArguments; the output folder ships safetensors only
+        # (the checkpoints keep their copy for resuming).
+        (out / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(out))
         if peft_config is not None:
             _fix_adapter_base_name(out, base.name if not base.embedded else models.EMBEDDED_ID)
@@ -241,7 +265,7 @@ class _Run:
             bf16=where.is_cuda and str(where.dtype) == "torch.bfloat16",
             fp16=where.is_cuda and str(where.dtype) == "torch.float16",
             use_cpu=not where.is_cuda,
-            gradient_checkpointing=checkpointing,
+            activation_checkpointing=checkpointing,
             max_length=opts.max_length,
             packing=False,
             report_to="none",
@@ -282,7 +306,11 @@ def _trainer_class():
         model's adapters to bf16, which is ~100x slower than fp32 on CPU)."""
 
         def __init__(self, *args, compute_dtype=None, **kwargs):
+            from transformers.trainer_callback import PrinterCallback
+
             super().__init__(*args, **kwargs)
+            # With tqdm disabled the Trainer prints every log dict; tunekit's bar shows the losses.
+            self.remove_callback(PrinterCallback)
             if compute_dtype is not None:
                 for p in self.model.parameters():
                     if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
