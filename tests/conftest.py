@@ -87,3 +87,6 @@ def chat_rows() -> list[dict]:
             {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
         ]})
     return rows
+
+
+from hub_fixtures import *  # noqa: E402,F401,F403  (the `hub` fixture: a real `tunekit hub serve`)

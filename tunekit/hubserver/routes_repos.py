@@ -1,0 +1,279 @@
+"""Account and repo endpoints: whoami, create/delete/settings, info, listings, tree, commits."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from .cards import CardError, parse_card_data
+from .context import caller_of, find_repo, hub_of, repo_url, require_user
+from .errors import ApiError, bad_request
+from .payloads import card_data, commit_json, file_json, folder_json, list_tree, repo_json
+from .storage import DEFAULT_BRANCH, GITATTRIBUTES, Entry
+from .validate import SPACE_SDKS, URL_PREFIX, check_repo_path, repo_type
+
+router = APIRouter()
+MAX_JSON_BYTES = 10 * 1024 * 1024
+
+
+async def read_json(request: Request) -> dict:
+    """The request body as a JSON object (400 otherwise)."""
+    body = await request.body()
+    if len(body) > MAX_JSON_BYTES:
+        raise ApiError(413, "Request body too large")
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError as e:
+        raise bad_request(f"Invalid JSON body: {e}") from None
+    if not isinstance(data, dict):
+        raise bad_request("Expected a JSON object")
+    return data
+
+
+def paginated(request: Request, items: list, limit_param: str | None = None) -> JSONResponse:
+    """One page of ``items`` with a GitHub-style ``Link: <…>; rel="next"`` header, which
+    huggingface_hub's ``paginate`` follows. The cursor is an offset; ``limit`` may shrink pages."""
+    page_size = hub_of(request).settings.page_size
+    try:
+        if limit_param:
+            page_size = max(1, min(page_size, int(limit_param)))
+        start = int(request.query_params.get("cursor", "0"))
+    except ValueError:
+        raise bad_request("cursor and limit must be integers") from None
+    page = items[start : start + page_size]
+    headers = {}
+    if start + page_size < len(items):
+        next_url = request.url.include_query_params(cursor=start + page_size)
+        public = hub_of(request).settings.public_url
+        if public:
+            next_url = f"{public.rstrip('/')}{next_url.path}?{next_url.query}"
+        headers["Link"] = f'<{next_url}>; rel="next"'
+    return JSONResponse(page, headers=headers)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+@router.get("/api/whoami-v2")
+def whoami(request: Request) -> dict:
+    caller = caller_of(request)
+    name = require_user(caller)
+    return {
+        "type": "user",
+        "id": name,
+        "name": name,
+        "fullname": name,
+        "email": None,
+        "emailVerified": False,
+        "isPro": False,
+        "orgs": [
+            {"type": "org", "name": org, "fullname": org, "roleInOrg": "write"}
+            for org in sorted(caller.orgs)
+        ],
+        "auth": {
+            "type": "access_token",
+            "accessToken": {"displayName": "tunekit-hub", "role": "write"},
+        },
+    }
+
+
+@router.post("/api/repos/create")
+async def create_repo(request: Request) -> JSONResponse:
+    body = await read_json(request)
+    caller = caller_of(request)
+    user = require_user(caller)
+    rtype = body.get("type") or "model"
+    if rtype not in URL_PREFIX:
+        raise bad_request(f"Invalid repo type {rtype!r}: expected one of {sorted(URL_PREFIX)}")
+    namespace = body.get("organization") or user
+    name = body.get("name")
+    if not caller.owns(namespace):
+        raise ApiError(
+            403, f"You don't have the rights to create a repo under the namespace {namespace!r}"
+        )
+    visibility = body.get("visibility")
+    private = (
+        visibility == "private" if visibility is not None else bool(body.get("private", False))
+    )
+    sdk = body.get("sdk")
+    if rtype == "space" and sdk not in SPACE_SDKS:
+        raise bad_request(f"Invalid space sdk {sdk!r}: expected one of {list(SPACE_SDKS)}")
+    hub = hub_of(request)
+    gitattributes = Entry.regular(hub.blobs.put_bytes(GITATTRIBUTES), GITATTRIBUTES)
+    repo, created = hub.store.create_repo(
+        rtype,
+        namespace,
+        name,
+        private=private,
+        sdk=sdk if rtype == "space" else None,
+        author=user,
+        initial_files={".gitattributes": gitattributes},
+    )
+    url = repo_url(request, repo)
+    if not created:
+        # The client's exist_ok=True only looks at the 409 status, but older clients read the url.
+        return JSONResponse(
+            {"error": f"You already created this {rtype} repo", "url": url}, status_code=409
+        )
+    return JSONResponse({"url": url, "name": repo.repo_id, "id": repo.repo_id})
+
+
+@router.delete("/api/repos/delete")
+async def delete_repo(request: Request) -> Response:
+    body = await read_json(request)
+    caller = caller_of(request)
+    user = require_user(caller)
+    rtype = body.get("type") or "model"
+    if rtype not in URL_PREFIX:
+        raise bad_request(f"Invalid repo type {rtype!r}")
+    repo, _ = find_repo(
+        request, rtype, body.get("organization") or user, body.get("name"), write=True
+    )
+    hub_of(request).store.delete_repo(repo)
+    return Response(status_code=200)
+
+
+@router.put("/api/{segment}/{namespace}/{name}/settings")
+async def update_settings(request: Request, segment: str, namespace: str, name: str) -> dict:
+    body = await read_json(request)
+    repo, _ = find_repo(request, segment, namespace, name, write=True)
+    visibility = body.get("visibility")
+    if visibility is None and "private" in body:
+        visibility = "private" if body["private"] else "public"
+    if visibility is not None:
+        if visibility not in ("private", "public"):
+            raise bad_request(f"Invalid visibility {visibility!r}")
+        hub_of(request).store.set_private(repo, visibility == "private")
+    return {"private": visibility == "private" if visibility else repo.private}
+
+
+@router.post("/api/validate-yaml")
+async def validate_yaml(request: Request) -> JSONResponse:
+    body = await read_json(request)
+    content = body.get("content")
+    if not isinstance(content, str):
+        raise bad_request("Expected 'content' (the README.md text)")
+    try:
+        parse_card_data(content)
+    except CardError as e:
+        return JSONResponse({"errors": [{"message": str(e)}], "warnings": []}, status_code=400)
+    return JSONResponse({"errors": [], "warnings": []})
+
+
+@router.get("/api/{segment}")
+def list_repos(request: Request, segment: str) -> JSONResponse:
+    rtype = repo_type(segment)
+    caller = caller_of(request)
+    params = request.query_params
+    hub = hub_of(request)
+    search = (params.get("search") or "").lower()
+    full = _truthy(params.get("full"))
+    out = []
+    for repo in hub.store.list_repos(rtype, params.get("author")):
+        if not caller.can_read(repo) or search not in repo.repo_id.lower():
+            continue
+        commit = hub.store.resolve(repo, DEFAULT_BRANCH)
+        tree = hub.store.tree(commit)
+        out.append(repo_json(repo, commit, tree, card_data(hub.blobs, tree), siblings=full))
+    return paginated(request, out, params.get("limit"))
+
+
+def _info(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
+    repo, _ = find_repo(request, segment, namespace, name)
+    hub = hub_of(request)
+    commit = hub.store.resolve(repo, revision)
+    tree = hub.store.tree(commit)
+    return repo_json(repo, commit, tree, card_data(hub.blobs, tree))
+
+
+@router.get("/api/{segment}/{namespace}/{name}")
+def repo_info(request: Request, segment: str, namespace: str, name: str) -> dict:
+    return _info(request, segment, namespace, name, DEFAULT_BRANCH)
+
+
+@router.get("/api/{segment}/{namespace}/{name}/revision/{revision:path}")
+def repo_info_at(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
+    return _info(request, segment, namespace, name, revision)
+
+
+@router.get("/api/{segment}/{namespace}/{name}/tree/{revision}")
+@router.get("/api/{segment}/{namespace}/{name}/tree/{revision}/{path:path}")
+def tree(
+    request: Request, segment: str, namespace: str, name: str, revision: str, path: str = ""
+) -> JSONResponse:
+    path = path.strip("/")
+    if path:
+        check_repo_path(path)
+    repo, _ = find_repo(request, segment, namespace, name)
+    hub = hub_of(request)
+    entries = list_tree(
+        hub.store.tree(hub.store.resolve(repo, revision)),
+        path,
+        _truthy(request.query_params.get("recursive")),
+    )
+    if entries is None:
+        raise ApiError(404, f"Folder not found: {path}", code="EntryNotFound")
+    return paginated(request, entries, request.query_params.get("limit"))
+
+
+@router.post("/api/{segment}/{namespace}/{name}/paths-info/{revision}")
+async def paths_info(
+    request: Request, segment: str, namespace: str, name: str, revision: str
+) -> list:
+    form = await request.form()
+    paths = [check_repo_path(str(p).strip("/")) for p in form.getlist("paths")]
+    repo, _ = find_repo(request, segment, namespace, name)
+    hub = hub_of(request)
+    tree = hub.store.tree(hub.store.resolve(repo, revision))
+    out = []
+    for path in paths:
+        if path in tree:
+            out.append(file_json(path, tree[path]))
+        elif any(p.startswith(path + "/") for p in tree):
+            out.append(folder_json(path, tree))
+    return out
+
+
+@router.get("/api/{segment}/{namespace}/{name}/commits/{revision}")
+def list_commits(
+    request: Request, segment: str, namespace: str, name: str, revision: str
+) -> JSONResponse:
+    repo, _ = find_repo(request, segment, namespace, name)
+    store = hub_of(request).store
+    commits = [commit_json(c) for c in store.history(repo, store.resolve(repo, revision))]
+    return paginated(request, commits, request.query_params.get("limit"))
+
+
+@router.get("/api/{segment}/{namespace}/{name}/refs")
+def list_refs(request: Request, segment: str, namespace: str, name: str) -> dict:
+    repo, _ = find_repo(request, segment, namespace, name)
+    branches = hub_of(request).store.branches(repo)
+    return {
+        "branches": [
+            {"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in branches.items()
+        ],
+        "converts": [],
+        "tags": [],
+    }
+
+
+@router.post("/api/{segment}/{namespace}/{name}/branch/{branch:path}")
+async def create_branch(
+    request: Request, segment: str, namespace: str, name: str, branch: str
+) -> dict:
+    body = await read_json(request)
+    repo, _ = find_repo(request, segment, namespace, name, write=True)
+    store = hub_of(request).store
+    start = store.resolve(repo, body.get("startingPoint") or DEFAULT_BRANCH)
+    store.create_branch(repo, branch, start)
+    return {}
+
+
+@router.delete("/api/{segment}/{namespace}/{name}/branch/{branch:path}")
+def delete_branch(request: Request, segment: str, namespace: str, name: str, branch: str) -> dict:
+    repo, _ = find_repo(request, segment, namespace, name, write=True)
+    hub_of(request).store.delete_branch(repo, branch)
+    return {}

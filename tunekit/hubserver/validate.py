@@ -1,0 +1,131 @@
+"""Checks on everything a client names: account and repo names, paths in a repo, revisions, oids.
+
+File contents are stored by sha256, never under the client's path, so a bad path cannot reach the
+disk; the checks still refuse such paths (400) so that no repo can hold a name that would be unsafe
+once a client writes it out, e.g. ``../../.bashrc`` in a snapshot download.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from .errors import ApiError, bad_request
+
+#: URL segment (``/api/{segment}/…``) → repo type, and repo type → URL prefix for files and LFS.
+TYPE_BY_SEGMENT = {"models": "model", "datasets": "dataset", "spaces": "space"}
+URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
+
+_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+# The client refuses to commit under these folders; so does the server.
+_FORBIDDEN_PARTS = {".git"}
+MAX_PATH_CHARS = 1024
+# Account names that would clash with the server's own URL prefixes (``/api/…``, ``/datasets/…``).
+RESERVED_NAMESPACES = frozenset(
+    {"api", "datasets", "spaces", "models", "organizations", "settings"}
+)
+
+
+def repo_type(segment: str) -> str:
+    """``"models"`` → ``"model"``; anything else is a 404 (an unknown route)."""
+    try:
+        return TYPE_BY_SEGMENT[segment]
+    except KeyError:
+        raise ApiError(404, f"Unknown repo type {segment!r}") from None
+
+
+def check_name(name: object, what: str = "name") -> str:
+    """Validate a user, org or repo name (Hub rules: letters, digits, ``-._``, no ``--``/``..``).
+
+    Raises:
+        ApiError: 400 when the name is not allowed.
+    """
+    if (
+        not isinstance(name, str)
+        or not _NAME.match(name)
+        or "--" in name
+        or ".." in name
+        or name.endswith(".git")
+    ):
+        raise bad_request(
+            f"Invalid {what} {name!r}: use letters, digits, '-', '_' and '.', at most 96"
+            " characters, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def check_account_name(name: object, what: str) -> str:
+    """Validate a new user or org name: a valid name that is not a reserved URL prefix."""
+    check_name(name, what)
+    if str(name).lower() in RESERVED_NAMESPACES:
+        raise bad_request(f"{what} {name!r} is reserved: choose another name")
+    return str(name)
+
+
+def _path_problem(path: str) -> str | None:
+    if not path:
+        return "empty path"
+    if len(path) > MAX_PATH_CHARS:
+        return "path too long"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "control character (or NUL) in path"
+    if "\\" in path:
+        return "backslash in path"
+    if path.startswith("/"):
+        return "absolute path"
+    if re.match(r"^[A-Za-z]:", path):
+        return "drive letter in path"
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "empty, '.' or '..' segment in path"
+    if any(p in _FORBIDDEN_PARTS for p in parts):
+        return "'.git' segment in path"
+    return None
+
+
+def check_repo_path(path: object) -> str:
+    """Validate a file or folder path inside a repo.
+
+    The path is checked as given and once more percent-decoded, so that a double-encoded
+    ``%252e%252e`` (which arrives here as the literal ``%2e%2e``) cannot become ``..`` in a client
+    that decodes it again.
+
+    Raises:
+        ApiError: 400 naming the problem.
+    """
+    if not isinstance(path, str):
+        raise bad_request("Invalid path: expected a string")
+    problem = _path_problem(path)
+    if problem is None and "%" in path:
+        problem = _path_problem(unquote(path))
+    if problem:
+        raise bad_request(f"Invalid path {path!r}: {problem}")
+    return path
+
+
+def check_oid(oid: object) -> str:
+    """Validate an LFS oid (lowercase hex sha256); it becomes part of a file name on disk."""
+    if not isinstance(oid, str) or not _SHA256.match(oid):
+        raise bad_request(f"Invalid LFS oid {oid!r}: expected 64 lowercase hex characters")
+    return oid
+
+
+def is_sha256(value: str) -> bool:
+    """Whether ``value`` looks like a lowercase hex sha256."""
+    return bool(_SHA256.match(value))
+
+
+def is_commit_id(rev: str) -> bool:
+    """Whether ``rev`` is a full 40-hex commit id rather than a branch name."""
+    return bool(_COMMIT_ID.match(rev))
+
+
+def check_branch(name: object) -> str:
+    """Validate a branch name (letters, digits, ``._/-``; no ``..``)."""
+    if not isinstance(name, str) or not _BRANCH.match(name) or ".." in name or "//" in name:
+        raise bad_request(f"Invalid branch name {name!r}")
+    return name
