@@ -266,8 +266,12 @@ class _Run:
             fp16=where.is_cuda and str(where.dtype) == "torch.float16",
             use_cpu=not where.is_cuda,
             activation_checkpointing=checkpointing,
-            max_length=opts.max_length,
+            # Rows are already tokenized and length-checked (templates.encode_all), so TRL must not
+            # truncate; batches are flattened without padding (position_ids mark the rows).
+            max_length=None,
             packing=False,
+            padding_free=True,
+            prediction_loss_only=True,
             report_to="none",
             disable_tqdm=True,
             dataloader_num_workers=0,
@@ -286,7 +290,9 @@ class _Run:
         columns = ("input_ids", "labels")
         train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in train_enc])
         eval_ds = Dataset.from_list([{k: r[k] for k in columns} for r in eval_enc]) if has_eval else None
-        return _Trainer(
+        from .trainer import Trainer
+
+        return Trainer(
             model=model,
             args=config,
             train_dataset=train_ds,
@@ -296,31 +302,6 @@ class _Run:
             callbacks=callbacks,
             compute_dtype=where.dtype,
         )
-
-
-def _trainer_class():
-    from trl import SFTTrainer
-
-    class Trainer(SFTTrainer):
-        """SFTTrainer, plus: trainable params kept in the compute dtype (TRL casts a quantized
-        model's adapters to bf16, which is ~100x slower than fp32 on CPU)."""
-
-        def __init__(self, *args, compute_dtype=None, **kwargs):
-            from transformers.trainer_callback import PrinterCallback
-
-            super().__init__(*args, **kwargs)
-            # With tqdm disabled the Trainer prints every log dict; tunekit's bar shows the losses.
-            self.remove_callback(PrinterCallback)
-            if compute_dtype is not None:
-                for p in self.model.parameters():
-                    if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
-                        p.data = p.data.to(compute_dtype)
-
-    return Trainer
-
-
-def _Trainer(**kwargs):
-    return _trainer_class()(**kwargs)
 
 
 def _token_stats(encoded: list[dict]) -> dict[str, int]:
