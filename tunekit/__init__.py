@@ -29,6 +29,7 @@ __all__ = [
     "load",
     "preview",
     "TuneResult",
+    "AdapterPool",
     "Options",
     "TunekitError",
     "ConfigError",
@@ -45,6 +46,7 @@ _LAZY = {
     "finetune": ("train", "finetune"),
     "load": ("result", "load"),
     "TuneResult": ("result", "TuneResult"),
+    "AdapterPool": ("serve", "AdapterPool"),
     "Options": ("options", "Options"),
     "preview": ("train", "preview"),
 }
@@ -53,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .train import preview
     from .options import Options
     from .result import TuneResult, load
+    from .serve import AdapterPool
     from .train import finetune
 
 

@@ -31,7 +31,7 @@ def card_metadata(run: dict[str, Any], metrics: dict[str, Any], *, model_name: s
             )
         ]
     return ModelCardData(
-        base_model=run["base"],
+        base_model=hub_base_id(run),
         library_name="peft" if run["adapter"] else "transformers",
         pipeline_tag="text-generation",
         license=run.get("base_license") or None,
@@ -40,6 +40,19 @@ def card_metadata(run: dict[str, Any], metrics: dict[str, Any], *, model_name: s
         eval_results=eval_results,
         model_name=model_name,
     )
+
+
+def hub_base_id(run: dict[str, Any]) -> str | None:
+    """The base as a Hub repo id, or None when it was a local folder: the Hub's ``base_model``
+    field (and the model tree built from it) only understands repo ids."""
+    if run.get("embedded_base"):
+        from .models import EMBEDDED_ID
+
+        return EMBEDDED_ID
+    name = str(run["base"])
+    if run.get("base_path") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return None
+    return name
 
 
 def render_card(run: dict[str, Any], metrics: dict[str, Any], *, repo_id: str | None = None,
@@ -70,7 +83,8 @@ def render_card(run: dict[str, Any], metrics: dict[str, Any], *, repo_id: str | 
         if metrics.get(k) is not None]
     masking = ("assistant turns only (content + end-of-turn token)" if run.get("train_on") == "assistant"
                else "every token")
-    example = (run.get("example_prompt") or "Hello! What can you do?").replace('"', '\\"').replace("\n", " ")
+    example = ((run.get("example_prompts") or ["Hello! What can you do?"])[0]
+               .replace('"', '\\"').replace("\n", " "))
     template = shipped_dir("templates") / "model_card.md.jinja"
     return ModelCard.from_template(
         card_metadata(run, metrics, model_name=name),
@@ -79,7 +93,7 @@ def render_card(run: dict[str, Any], metrics: dict[str, Any], *, repo_id: str | 
         summary=f"Fine-tuned from `{run['base']}` on {run['data']['train_rows']} examples.",
         method_label=_METHOD_LABEL[run["method"]],
         base=run["base"],
-        base_url=f"{endpoint}/{run['base']}",
+        base_url=f"{endpoint}/{hub_base_id(run)}" if hub_base_id(run) else None,
         adapter=run["adapter"],
         repo_id=repo_id or name,
         space_id=space_id,

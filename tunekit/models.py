@@ -45,12 +45,17 @@ class Base:
     license: str | None = None
 
 
-def resolve_base(base: str | os.PathLike | None = None, *, revision: str | None = None) -> Base:
+def resolve_base(base: str | os.PathLike | None = None, *, revision: str | None = None,
+                 token: str | None = None) -> Base:
     """Find a base model on disk, downloading it from the Hub when needed.
+
+    ``HuggingFaceTB/SmolLM2-135M-Instruct`` falls back to the embedded copy when the Hub cannot
+    be reached or does not have that repo (a private hub usually does not).
 
     Args:
         base: a Hub model id, a local folder, or None for the embedded SmolLM2-135M-Instruct.
         revision: Hub revision (branch, tag or commit) for Hub ids.
+        token: Hub token for a private base; default: ``HF_TOKEN`` or the saved login.
 
     Returns:
         The resolved :class:`Base`.
@@ -68,25 +73,44 @@ def resolve_base(base: str | os.PathLike | None = None, *, revision: str | None 
         return Base(text, local, license=_license_from_folder(local))
     if text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ModelError(f"base model folder {text!r} does not exist")
-    return _from_hub(text, revision)
+    return _from_hub(text, revision, token)
 
 
-def _from_hub(repo_id: str, revision: str | None) -> Base:
+# Weights only as safetensors: pickled *.bin/*.pt files can run code when loaded.
+BASE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.md"]
+
+
+def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> Base:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.md"]
     try:
         # A cached copy first: it needs no network and makes repeated runs start at once.
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True)
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS, local_files_only=True,
+                                 token=token)
+    except HFValidationError as e:
+        raise ModelError(f"{repo_id!r} is neither a model folder nor a valid Hub repo id") from e
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
         path = None
     if path is None and hub_reachable():
         try:
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=patterns)
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS, token=token)
+        except RepositoryNotFoundError as e:
+            if repo_id != EMBEDDED_ID:
+                raise ModelError(
+                    f"base model {repo_id!r} was not found on the Hub ({_endpoint()}). Check the name; if "
+                    "it is private pass token= (or set HF_TOKEN); or pass base= a local folder."
+                ) from e
         except HfHubHTTPError as e:
             if repo_id != EMBEDDED_ID:
-                raise ModelError(f"could not download base model {repo_id!r} from the Hub: {e}") from e
+                raise ModelError(
+                    f"could not download base model {repo_id!r} from the Hub: {str(e).splitlines()[0]}"
+                ) from e
     if path is not None:
         folder = Path(path)
         if not any(folder.glob("*.safetensors")):
@@ -284,3 +308,46 @@ class _quiet_bitsandbytes:
 
 def read_model_config(path: str | os.PathLike) -> dict:
     return json.loads((Path(path) / "config.json").read_text())
+
+
+def linear_shapes(model) -> dict[str, tuple[int, int]]:
+    """``{module name: (in_features, out_features)}`` of a model's linear layers, taken before
+    PEFT wraps them, so adapters can be checked against the base without touching it."""
+    import torch
+
+    return {name: (m.in_features, m.out_features) for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear)}
+
+
+def adapter_mismatches(shapes: dict[str, tuple[int, int]], adapter_dir: str | os.PathLike) -> list[str]:
+    """What in a LoRA adapter's weights does not fit a base with these linear layers.
+
+    Reads only tensor shapes from ``adapter_model.safetensors``. Returns one line per problem
+    (at most a few), empty when the adapter fits.
+    """
+    import re
+
+    from safetensors import safe_open
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.exists():
+        return [f"{adapter_dir} has no adapter_model.safetensors"]
+    pattern = re.compile(r"^(?:base_model\.model\.)?(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$")
+    problems: list[str] = []
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            match = pattern.match(key)
+            if not match:
+                continue  # embeddings, trainable tokens, other PEFT types: PEFT itself checks them
+            module, which = match.groups()
+            if module not in shapes:
+                problems.append(f"{module}: no such linear layer in the base")
+            else:
+                in_features, out_features = shapes[module]
+                shape = f.get_slice(key).get_shape()
+                want, got = (in_features, shape[-1]) if which == "A" else (out_features, shape[0])
+                if want != got:
+                    problems.append(f"{module}.lora_{which}: {got} features where the base has {want}")
+            if len(problems) >= 3:
+                break
+    return problems

@@ -45,6 +45,11 @@ class TuneResult:
     url: str | None = None
     repo_id: str | None = None
     _loaded: Any = field(default=None, repr=False, compare=False)
+    # How to load, set by ``load()``; kept out of repr so a token never reaches a log line.
+    _token: str | None = field(default=None, repr=False, compare=False)
+    _trust_remote_code: bool | None = field(default=None, repr=False, compare=False)
+    _device: str | None = field(default=None, repr=False, compare=False)
+    _base_override: str | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # -- opening -------------------------------------------------------------------------------
@@ -85,20 +90,35 @@ class TuneResult:
                     self._loaded = self._load()
         return self._loaded
 
+    def _trust(self) -> bool:
+        if self._trust_remote_code is not None:
+            return self._trust_remote_code
+        # A run folder made here may carry the user's own choice; a downloaded one never decides
+        # to run code on its own (load() sets _trust_remote_code for Hub repos).
+        return bool(self.run.get("options", {}).get("trust_remote_code", False))
+
     def _load(self):
-        where = models.placement(self.run.get("options", {}).get("device"))
-        trust = bool(self.run.get("options", {}).get("trust_remote_code", False))
-        tokenizer = models.load_tokenizer(self.output_dir)
+        where = models.placement(self._device or (None if self.repo_id else self.run.get("options", {}).get("device")))
+        trust = self._trust()
         if not self.adapter:
+            tokenizer = models.load_tokenizer(self.output_dir)
             model = models.load_model(self.output_dir, where=where, trust_remote_code=trust)
             model.eval()
             return model, tokenizer
         from peft import PeftModel
 
         base = self._resolve_base()
+        # Adapters made with PEFT alone often ship no tokenizer: the base's is the right one then.
+        tokenizer = models.load_tokenizer(self.output_dir if has_tokenizer(self.output_dir) else base.path)
         model = models.load_model(base.path, where=where, quantize_4bit=self.method == "qlora", trust_remote_code=trust)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
+        problems = models.adapter_mismatches(models.linear_shapes(model), self.output_dir)
+        if problems:
+            raise ModelError(
+                f"the adapter {self.repo_id or self.output_dir} does not fit base {base.name!r}: "
+                + "; ".join(problems) + ". It was trained on another model; load it with the base it names, "
+                "or pass base= the right one.")
         try:
             model = PeftModel.from_pretrained(model, str(self.output_dir))
         except (RuntimeError, ValueError, KeyError) as e:
@@ -110,9 +130,19 @@ class TuneResult:
         return model, tokenizer
 
     def _resolve_base(self) -> models.Base:
+        if self._base_override:
+            return models.resolve_base(self._base_override, token=self._token)
         if self.run.get("embedded_base"):
             return models.resolve_base(None)
-        return models.resolve_base(self.run.get("base_path") or self.base)
+        base_path = self.run.get("base_path")
+        if base_path and Path(base_path).is_dir():
+            return models.resolve_base(base_path)
+        try:
+            return models.resolve_base(self.base, token=self._token)
+        except ModelError as e:
+            where = f"{self.repo_id!r}" if self.repo_id else str(self.output_dir)
+            raise ModelError(f"the base model of {where} is unavailable: {e} "
+                             "(tunekit.load(..., base=...) picks another copy of the same base)") from e
 
     def chat(self, prompt: str | list[dict[str, str]], *, system: str | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, stream: bool = False,
@@ -226,28 +256,74 @@ class TuneResult:
         self.url, self.repo_id = url, repo_id
         return url
 
+    def push_space(self, space_id: str, *, private: bool = False, token: str | None = None,
+                   adapters: list[str] | None = None, examples: list[str] | None = None) -> str:
+        """Publish a Gradio Space that demos this (already pushed) fine-tune, and link it from
+        the model card. See :func:`tunekit.space.push_space`.
 
-def load(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None) -> TuneResult:
+        Args:
+            space_id: the Space, e.g. ``"user/name-demo"``.
+            private: create the Space private.
+            token: Hub token; default: ``HF_TOKEN`` or the saved login.
+            adapters: more adapter repo ids on the same base, shown in an adapter picker.
+            examples: example prompts; default: user turns of the held-out rows.
+
+        Returns:
+            The Space's URL.
+        """
+        from . import space
+
+        return space.push_space(self, space_id, private=private, token=token, adapters=adapters,
+                                examples=examples)
+
+
+def load(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None,
+         base: str | None = None, device: str | None = None, trust_remote_code: bool = False) -> TuneResult:
     """Open a fine-tuned model by output folder or Hub repo id, ready to ``chat``.
+
+    Works for tunekit runs, plain PEFT adapter repos (the base comes from
+    ``adapter_config.json``, else the card's ``base_model``) and full-model repos. Only
+    safetensors weights are downloaded and loaded, never pickles.
 
     Args:
         name_or_path: a local output folder, or a Hub repo id (``user/adapter``) holding a PEFT
             adapter or a full model.
         revision: Hub branch, tag or commit id.
-        token: Hub token for private repos.
+        token: Hub token for private repos; also used to download the base. Default:
+            ``HF_TOKEN`` or the saved login.
+        base: load the adapter over this base (Hub id or folder) instead of the one it names.
+        device: "cpu" or "cuda"; default: cuda when available.
+        trust_remote_code: run model code shipped in the repo. A downloaded repo never turns
+            this on by itself; a local run folder keeps the choice it was trained with.
 
     Returns:
         A :class:`TuneResult`; the base model is resolved and loaded on first use.
 
+    Raises:
+        HubError: the repo or revision is not found, is private and the token cannot read it,
+            or has no safetensors weights.
+        ModelError: the base cannot be found (or reached offline), or the adapter does not fit it.
+
     Example:
-        >>> tunekit.load("runs/SmolLM2-135M-Instruct-lora-…").chat("Hi!")
+        >>> tunekit.load("alice/show-notes-lora").chat("Write show notes for: ...")
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return TuneResult.from_dir(path)
-    from . import hub
+        result = TuneResult.from_dir(path)
+        result._trust_remote_code = True if trust_remote_code else None
+    else:
+        from . import hub
 
-    return hub.pull(str(name_or_path), revision=revision, token=token)
+        result = hub.pull(str(name_or_path), revision=revision, token=token)
+        result._trust_remote_code = trust_remote_code
+    result._token, result._device, result._base_override = token, device, base
+    return result
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """True when ``folder`` holds a tokenizer of its own (not just a model or adapter)."""
+    return any((Path(folder) / name).exists() for name in ("tokenizer.json", "tokenizer_config.json",
+                                                             "tokenizer.model"))
 
 
 def _card_base_model(path: Path) -> str | None:
