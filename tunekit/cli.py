@@ -12,7 +12,6 @@ import json
 import logging
 import sys
 import traceback
-import typing
 from pathlib import Path
 
 from . import config
@@ -206,9 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     tpl.set_defaults(func=cmd_templates)
 
     # The Hub server owns its commands; importing its CLI module stays light.
+    from . import space_cli
     from .hubserver import cli as hub_cli
 
     hub_cli.register(sub)
+    space_cli.register(sub)
     return parser
 
 

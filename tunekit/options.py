@@ -52,6 +52,7 @@ class Options:
     training_args: dict | None = _opt(None, "extra trl.SFTConfig arguments, applied last", cli=False)
     push_to: str | None = _opt(None, "Hub repo id to push the result to when training ends")
     private: bool = _opt(False, "make the pushed repo private")
+    push_space: str | None = _opt(None, "Hub Space id (user/name-demo) to publish a Gradio demo to; needs push_to")
     progress: bool = _opt(True, "show a progress bar with loss and ETA")
 
     @classmethod
@@ -99,6 +100,8 @@ class Options:
             problems.append("resume=True needs output_dir= of the run to continue")
         if self.method == "full" and (self.use_dora or self.use_rslora):
             problems.append("use_dora/use_rslora apply to lora and qlora, not method='full'")
+        if self.push_space and not self.push_to:
+            problems.append("push_space needs push_to: the Space loads the adapter from the Hub")
         if self.training_args is not None:
             problems += _check_training_args(self.training_args)
         if problems:

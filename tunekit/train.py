@@ -194,6 +194,8 @@ class _Run:
                 "hub_dataset": report.hub_dataset,
                 "train_tokens": stats["tokens"], "trained_tokens": stats["trained"],
             },
+            # Held-out prompts travel with the run, for the Space's examples and the card's snippet.
+            "example_prompts": _example_prompts(eval_rows or train_rows),
             "created": datetime.now().isoformat(timespec="seconds"),
         }
         (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
@@ -206,6 +208,8 @@ class _Run:
         result = TuneResult.from_dir(out)
         if opts.push_to:
             result.push(opts.push_to, private=opts.private)
+        if opts.push_space:
+            result.push_space(opts.push_space, private=opts.private)
         return result
 
     def _output_dir(self) -> Path:
@@ -302,6 +306,17 @@ class _Run:
             callbacks=callbacks,
             compute_dtype=where.dtype,
         )
+
+
+def _example_prompts(rows: list[dict], n: int = 4) -> list[str]:
+    prompts = []
+    for row in rows:
+        user = next((m["content"] for m in row.get("messages", []) if m["role"] == "user"), None)
+        if user:
+            prompts.append(user)
+        if len(prompts) == n:
+            break
+    return prompts
 
 
 def _token_stats(encoded: list[dict]) -> dict[str, int]:

@@ -1,0 +1,275 @@
+"""tunekit's Gradio Space: chat with a fine-tuned adapter and compare it with its base model.
+
+The app reads ``tunekit_space.json`` (next to this file, or the file named by
+``TUNEKIT_SPACE_CONFIG``), which ``tunekit space push`` / ``TuneResult.push_space()`` write::
+
+    {"title": "...", "base": "HuggingFaceTB/SmolLM2-135M-Instruct",
+     "adapters": [{"repo_id": "user/adapter", "label": "...", "method": "lora",
+                   "metrics": {...}, "data": {...}, "url": "..."}],
+     "examples": ["a held-out prompt", ...], "system_prompt": "", "max_new_tokens": 128}
+
+An adapter entry may carry ``"path"`` (a local output folder) instead of ``"repo_id"``; that is
+how ``tunekit space run runs/my-adapter`` serves a run that was never pushed. The same file
+runs on huggingface.co (``python app.py``) and locally under ``tunekit space run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+# Gradio reads these when it is imported: no usage analytics, no version check, no share-link
+# lookups. A Space on huggingface.co does not need them and an offline machine cannot reach them.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import gradio as gr  # noqa: E402  (after the environment above)
+
+log = logging.getLogger("tunekit.space.app")
+
+CONFIG_FILE = "tunekit_space.json"
+# System fonts only: gradio's default themes fetch Inter from Google Fonts, which an offline
+# machine (or a strict network policy) cannot reach, and the page then waits on it.
+SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
+MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
+CSS = """
+#card-summary { font-size: 0.95em; }
+.answer textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
+"""
+_METHOD = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA (4-bit base)"}
+
+
+def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Read the Space's config: ``path``, else ``$TUNEKIT_SPACE_CONFIG``, else the file next to app.py."""
+    where = Path(path or os.environ.get("TUNEKIT_SPACE_CONFIG") or Path(__file__).with_name(CONFIG_FILE))
+    config = json.loads(where.read_text())
+    if not config.get("adapters"):
+        raise ValueError(f"{where} names no adapters; write it with `tunekit space push`")
+    return config
+
+
+def adapter_label(entry: dict[str, Any]) -> str:
+    return entry.get("label") or entry.get("repo_id") or Path(entry["path"]).name
+
+
+def card_summary(entry: dict[str, Any], base: str) -> str:
+    """One Markdown block from the adapter's model card: method, base, data and metrics."""
+    metrics = entry.get("metrics") or {}
+    data = entry.get("data") or {}
+    name = entry.get("repo_id") or entry.get("path")
+    link = f"[`{name}`]({entry['url']})" if entry.get("url") else f"`{name}`"
+    facts = [f"**Adapter** {link}", f"**Method** {_METHOD.get(entry.get('method'), entry.get('method') or '?')}",
+             f"**Base** `{entry.get('base') or base}`"]
+    if data.get("train_rows") is not None:
+        facts.append(f"**Data** {data['train_rows']} train / {data.get('eval_rows', 0)} held-out rows")
+    first, best = metrics.get("eval_loss_first"), metrics.get("eval_loss_best")
+    if best is not None:
+        facts.append(f"**Eval loss** {_num(first)} → {_num(best)}" if first is not None else f"**Eval loss** {_num(best)}")
+    elif metrics.get("train_loss_last") is not None:
+        facts.append(f"**Train loss** {_num(metrics['train_loss_last'])}")
+    for key, label in (("steps", "Steps"), ("trainable_params", "Trainable params")):
+        if metrics.get(key) is not None:
+            facts.append(f"**{label}** {metrics[key]:,}" if isinstance(metrics[key], int) else f"**{label}** {metrics[key]}")
+    return " · ".join(facts)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _text(content: Any) -> str:
+    """Message content as plain text (gradio may hand history content over as a list of parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content
+                       if not isinstance(p, dict) or p.get("type", "text") == "text")
+    if isinstance(content, dict):
+        return content.get("text", "")
+    return str(content or "")
+
+
+class Models:
+    """The fine-tuned models this Space serves, loaded on first use (or by ``warm``).
+
+    Each adapter is opened with ``tunekit.load`` (Hub id or local folder); its base answers the
+    "base" side of the comparison through ``use_adapter=False``. A full fine-tune has no separate
+    base, so its base model is opened on its own when the comparison asks for it.
+    """
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.entries = {adapter_label(e): e for e in config["adapters"]}
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, label: str):
+        with self._lock:
+            if label not in self._loaded:
+                import tunekit
+
+                entry = self.entries[label]
+                source = entry.get("path") or entry["repo_id"]
+                log.info("loading %s", source)
+                self._loaded[label] = tunekit.load(source, revision=entry.get("revision"))
+            return self._loaded[label]
+
+    def provide(self, label: str, result) -> None:
+        """Use an already opened ``TuneResult`` for ``label`` (``tunekit space run`` has one)."""
+        with self._lock:
+            self._loaded[label] = result
+
+    def base_of(self, label: str):
+        result = self.get(label)
+        if result.adapter:
+            return result, {"use_adapter": False}
+        key = f"base:{result.base}"
+        with self._lock:
+            if key not in self._loaded:
+                from tunekit import models
+                from tunekit.result import TuneResult
+
+                self._loaded[key] = TuneResult.from_dir(models.resolve_base(result.base).path)
+            return self._loaded[key], {}
+
+    def warm(self) -> None:
+        """Load the first adapter in the background so the first visitor does not wait for it."""
+        first = next(iter(self.entries))
+
+        def work():
+            try:
+                self.get(first)
+            except Exception:  # the visitor sees the error when they ask; here it is only logged
+                log.exception("loading %s failed", first)
+
+        threading.Thread(target=work, name="tunekit-space-warm", daemon=True).start()
+
+
+def build_demo(config: dict[str, Any], models: Models | None = None) -> gr.Blocks:
+    """The Space's UI: card summary, adapter picker, streaming chat, settings and a comparison tab.
+
+    Args:
+        config: what :func:`load_config` returned.
+        models: the model holder (default: a new :class:`Models` over ``config``).
+
+    Returns:
+        The ``gr.Blocks`` app, not launched.
+    """
+    models = models or Models(config)
+    labels = list(models.entries)
+    base = config.get("base") or models.entries[labels[0]].get("base") or "the base model"
+    examples = [e for e in config.get("examples") or [] if isinstance(e, str) and e.strip()][:6]
+    max_tokens = int(config.get("max_new_tokens") or 256)
+
+    def summary(label: str) -> str:
+        return card_summary(models.entries[label], base)
+
+    def respond(message, history, label, system, max_new_tokens, temperature, top_p):
+        messages = [{"role": m["role"], "content": _text(m["content"])} for m in history or []
+                    if m.get("role") in ("user", "assistant")]
+        messages.append({"role": "user", "content": _text(message)})
+        result = models.get(label)
+        reply = ""
+        for piece in result.chat(messages, system=system or None, max_new_tokens=int(max_new_tokens),
+                                 temperature=float(temperature), top_p=float(top_p), stream=True):
+            reply += piece
+            yield reply
+        if not reply.strip():
+            yield "(the model stopped without generating text)"
+
+    def compare(prompt, label, system, max_new_tokens, temperature, top_p):
+        if not (prompt or "").strip():
+            raise gr.Error("Type a prompt to compare.")
+        gen = dict(system=system or None, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                   top_p=float(top_p), stream=True)
+        tuned_model = models.get(label)
+        base_model, base_kwargs = models.base_of(label)
+        base_text, tuned_text = "", ""
+        # One model in memory answers both sides (the adapter switched off for the base), so the
+        # two answers stream one after the other rather than at the same time.
+        for piece in tuned_model.chat(prompt, **gen):
+            tuned_text += piece
+            yield base_text, tuned_text
+        for piece in base_model.chat(prompt, **gen, **base_kwargs):
+            base_text += piece
+            yield base_text, tuned_text
+        yield base_text or "(no text)", tuned_text or "(no text)"
+
+    title = config.get("title") or f"{labels[0]} — tunekit demo"
+    with gr.Blocks(title=title, fill_height=False) as demo:
+        gr.Markdown(f"# {title}\n{config.get('description') or ''}")
+        card = gr.Markdown(summary(labels[0]), elem_id="card-summary")
+        picker = gr.Dropdown(labels, value=labels[0], label="Adapter", elem_id="adapter-picker",
+                             visible=len(labels) > 1, interactive=True)
+        with gr.Accordion("System prompt and generation settings", open=False):
+            system = gr.Textbox(config.get("system_prompt") or "", label="System prompt", lines=2,
+                                placeholder="Optional instructions given to the model before the chat",
+                                elem_id="system-prompt")
+            with gr.Row():
+                max_new = gr.Slider(1, max(max_tokens * 4, 512), value=max_tokens, step=1,
+                                    label="Max new tokens", elem_id="max-new-tokens")
+                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)",
+                                        elem_id="temperature")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id="top-p")
+        settings = [picker, system, max_new, temperature, top_p]
+        picker.change(summary, picker, card)
+
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                gr.ChatInterface(
+                    respond,
+                    chatbot=gr.Chatbot(height=380, elem_id="chatbot", label="Fine-tuned model"),
+                    textbox=gr.Textbox(placeholder="Ask the fine-tuned model…", elem_id="chat-input",
+                                       show_label=False, submit_btn=True),
+                    additional_inputs=settings,
+                    # None for the settings: the examples show as cards in the empty chat and run
+                    # with whatever adapter and settings are chosen at the time.
+                    examples=[[e] + [None] * len(settings) for e in examples] or None,
+                    examples_label="Held-out examples",
+                    cache_examples=False,
+                    fill_height=False,
+                    flagging_mode="never",
+                )
+            with gr.Tab("Base vs fine-tuned", id="compare"):
+                prompt = gr.Textbox(examples[0] if examples else "", label="Prompt", lines=3,
+                                    elem_id="compare-prompt")
+                run = gr.Button("Compare", variant="primary", elem_id="compare-button")
+                with gr.Row(equal_height=True):
+                    base_out = gr.Textbox(label=f"Base: {base}", lines=8, elem_id="base-answer",
+                                          elem_classes="answer", interactive=False)
+                    tuned_out = gr.Textbox(label="Fine-tuned", lines=8, elem_id="tuned-answer",
+                                           elem_classes="answer", interactive=False)
+                if examples:
+                    gr.Examples([[e] for e in examples], inputs=prompt, label="Held-out examples")
+                run.click(compare, [prompt, *settings], [base_out, tuned_out])
+                prompt.submit(compare, [prompt, *settings], [base_out, tuned_out])
+    return demo
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Soft(font=SANS, font_mono=MONO)
+
+
+def launch(demo: gr.Blocks, **kwargs: Any):
+    """``demo.launch`` with what every run of this app wants: a queue (streaming), no server-side
+    rendering (it needs node and the network), no analytics, the offline-safe theme."""
+    demo.queue(default_concurrency_limit=1)
+    kwargs.setdefault("ssr_mode", False)
+    kwargs.setdefault("footer_links", [])
+    return demo.launch(theme=theme(), css=CSS, **kwargs)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = load_config()
+    models = Models(config)
+    models.warm()
+    launch(build_demo(config, models))
+
+
+if __name__ == "__main__":
+    main()

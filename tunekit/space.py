@@ -1,0 +1,455 @@
+"""The Gradio Space of a fine-tune: publish it on the Hub (``push_space``) or run it locally
+(``run_space``).
+
+Both use the app tunekit ships in ``spaces/`` (``app.py``, ``requirements.txt``, a README
+template) and a small config, ``tunekit_space.json``, that says which adapters the app serves, on
+which base, with which example prompts and card summary. On the Hub the Space runs ``app.py``
+with that config; ``run_space`` imports the very same file and launches it on localhost.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import shipped_dir
+from .errors import ConfigError, HubError
+
+if TYPE_CHECKING:
+    from .result import TuneResult
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "tunekit_space.json"
+APP_FILES = ("app.py", "requirements.txt")
+# The gradio the app was written against; used for the Space's sdk_version when gradio is not
+# installed where the Space is pushed from (pushing needs no gradio).
+GRADIO_TESTED = "6.31.0"
+MAX_EXAMPLES = 4
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_METHOD_LABEL = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA"}
+# Card facts carried into the Space config: small, and all the summary needs.
+_METRIC_KEYS = ("eval_loss_first", "eval_loss_best", "train_loss_first", "train_loss_last", "steps",
+                "epochs", "trainable_params", "total_params", "tokens_per_second", "wall_seconds")
+
+
+# -- what the Space serves -----------------------------------------------------------------------
+def space_config(result_or_repo: "TuneResult | str | os.PathLike", *, adapters: list[str] | None = None,
+                 examples: list[str] | None = None, title: str | None = None, token: str | None = None,
+                 endpoint: str | None = None, local: bool = False) -> dict[str, Any]:
+    """The ``tunekit_space.json`` for a fine-tune (and optional extra adapters on the same base).
+
+    Args:
+        result_or_repo: a :class:`~tunekit.TuneResult`, an output folder or a Hub repo id.
+        adapters: more adapters (Hub ids or folders) trained on the same base, for the picker.
+        examples: example prompts; default: user turns of the run's held-out rows.
+        title: the Space's title; default: "<adapter name> demo".
+        token: Hub token for private repos.
+        endpoint: Hub address for links; default: the one ``huggingface_hub`` uses.
+        local: allow adapters that exist only as local folders (``run_space``); a pushed Space
+            can only load adapters from the Hub.
+
+    Returns:
+        The config as a dict (``adapters``, ``base``, ``title``, ``examples``…).
+
+    Raises:
+        ConfigError: an adapter was never pushed (when not ``local``), or the adapters do not
+            share one base.
+        HubError: a repo cannot be downloaded.
+    """
+    results = [_open(result_or_repo, token=token)] + [_open(a, token=token) for a in adapters or []]
+    endpoint = (endpoint or _endpoint(token)).rstrip("/")
+    entries = [_adapter_entry(r, endpoint=endpoint, local=local) for r in results]
+    bases = {r.base for r in results}
+    if len(results) > 1:
+        problems = [f"{e['label']} is a full fine-tune; only adapters can share a base" for r, e in
+                    zip(results, entries) if not r.adapter]
+        if len(bases) > 1:
+            problems.append(f"the adapters were trained on different bases ({', '.join(sorted(bases))}); "
+                            "one Space serves adapters of one base")
+        if problems:
+            raise ConfigError(problems)
+    labels = [e["label"] for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"the same adapter is listed twice: {labels}")
+    first = results[0]
+    if examples is None:
+        examples = held_out_prompts(first)
+    name = entries[0]["label"].split("/")[-1]
+    return {
+        "title": title or f"{name} demo",
+        "base": first.base,
+        "method": first.method,
+        "license": first.run.get("base_license"),
+        "adapters": entries,
+        "examples": [e for e in examples if e.strip()][:MAX_EXAMPLES * 2],
+        "system_prompt": "",
+        # CPU Spaces are slow; a short default keeps the first answer quick (the slider goes up).
+        "max_new_tokens": 128,
+        "tunekit_version": _version("tunekit"),
+    }
+
+
+def held_out_prompts(result: "TuneResult", n: int = MAX_EXAMPLES) -> list[str]:
+    """Up to ``n`` user prompts from the rows the run held out for evaluation.
+
+    The run records where its data came from and how it split it (``eval_split``, ``seed``), so
+    the same held-out rows are found again by re-reading and re-splitting the data, as long as it
+    is still where it was. Otherwise the run's recorded example prompt, if any.
+
+    Args:
+        result: the fine-tune.
+        n: how many prompts at most.
+
+    Returns:
+        The prompts (may be empty).
+    """
+    recorded = result.run.get("example_prompts")
+    if isinstance(recorded, list) and recorded:
+        return [str(p) for p in recorded][:n]
+    rows = _held_out_rows(result)
+    prompts = []
+    for row in rows:
+        user = next((m["content"] for m in row.get("messages", []) if m.get("role") == "user"), None)
+        if user and user.strip() and user not in prompts:
+            prompts.append(user.strip())
+        if len(prompts) == n:
+            break
+    if not prompts and result.run.get("example_prompt"):
+        prompts.append(str(result.run["example_prompt"]))
+    return prompts
+
+
+def _held_out_rows(result: "TuneResult") -> list[dict]:
+    from . import data
+
+    options = result.run.get("options") or {}
+    source = (result.run.get("data") or {}).get("source")
+    try:
+        if options.get("eval_data") and Path(str(options["eval_data"])).exists():
+            rows, _ = data.read_examples(options["eval_data"], on_bad_rows="skip")
+            return rows
+        if source and Path(str(source)).exists():
+            rows, _ = data.read_examples(source, on_bad_rows=options.get("on_bad_rows", "raise"))
+            split = options.get("eval_split", 0.1)
+            # JSON keeps 4 as 4 and 0.1 as 0.1, so the split is the one the run made.
+            _, held = data.split_examples(rows, split, seed=int(options.get("seed", 42)))
+            return held
+    except Exception as e:  # examples are a nicety: a moved or changed file must not stop a push
+        log.info("could not re-read the held-out rows of %s: %s", result.output_dir, e)
+    return []
+
+
+def _open(item: "TuneResult | str | os.PathLike", *, token: str | None) -> "TuneResult":
+    from .result import TuneResult, load
+
+    if isinstance(item, TuneResult):
+        return item
+    return load(item, token=token)
+
+
+def _adapter_entry(result: "TuneResult", *, endpoint: str, local: bool) -> dict[str, Any]:
+    data = result.run.get("data") or {}
+    entry: dict[str, Any] = {
+        "method": result.method,
+        "base": result.base,
+        "adapter": result.adapter,
+        "metrics": {k: result.metrics[k] for k in _METRIC_KEYS if result.metrics.get(k) is not None},
+        "data": {k: data[k] for k in ("train_rows", "eval_rows", "format") if data.get(k) is not None},
+    }
+    if result.repo_id:
+        entry.update(repo_id=result.repo_id, label=result.repo_id, url=f"{endpoint}/{result.repo_id}")
+    elif local:
+        path = Path(result.output_dir).resolve()
+        entry.update(path=str(path), label=path.name)
+    else:
+        raise ConfigError(
+            f"{result.output_dir} is not on the Hub yet, and a Space loads its adapters from the Hub. "
+            "Push it first: result.push('user/name') or `tunekit push`, then push the Space."
+        )
+    return entry
+
+
+# -- the Space repo ------------------------------------------------------------------------------
+def render_readme(config: dict[str, Any], *, endpoint: str = "https://huggingface.co") -> str:
+    """The Space's README.md: the Spaces YAML header (sdk gradio, sdk_version, app_file, models,
+    license) and a short description, from ``spaces/README.md.jinja``."""
+    from huggingface_hub import SpaceCard, SpaceCardData
+
+    adapters = config["adapters"]
+    models = [a["repo_id"] for a in adapters if a.get("repo_id")]
+    base = config["base"]
+    if _is_hub_id(base):
+        models.append(base)
+    data = SpaceCardData(
+        title=config["title"],
+        emoji="🎛️",
+        colorFrom="indigo",
+        colorTo="pink",
+        sdk="gradio",
+        sdk_version=_version("gradio") or GRADIO_TESTED,
+        app_file="app.py",
+        pinned=False,
+        license=config.get("license") or None,
+        models=models,
+        tags=["tunekit", "fine-tuned", config.get("method") or "lora"],
+        short_description=f"Chat with a fine-tune of {base.split('/')[-1]}"[:60],
+    )
+    card = SpaceCard.from_template(
+        data,
+        template_path=str(shipped_dir("spaces") / "README.md.jinja"),
+        title=config["title"],
+        adapters=adapters,
+        base=base,
+        base_url=f"{endpoint}/{base}" if _is_hub_id(base) else f"file://{base}",
+        method_label=_METHOD_LABEL.get(config.get("method"), "fine-tune"),
+        endpoint=endpoint,
+    )
+    return str(card)
+
+
+def write_space(folder: str | os.PathLike, config: dict[str, Any], *, endpoint: str = "https://huggingface.co") -> Path:
+    """Write a complete Space (app, requirements, README, config) into ``folder``.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = shipped_dir("spaces")
+    for name in APP_FILES:
+        (folder / name).write_bytes((shipped / name).read_bytes())
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    if all(a.get("repo_id") for a in config["adapters"]):
+        (folder / "README.md").write_text(render_readme(config, endpoint=endpoint))
+    return folder
+
+
+def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, *, private: bool = False,
+               token: str | None = None, adapters: list[str] | None = None, examples: list[str] | None = None,
+               title: str | None = None, link_card: bool = True) -> str:
+    """Create (or update) a Gradio Space that demos a pushed fine-tune, and link it from the
+    adapter's model card.
+
+    The Space holds tunekit's ``app.py`` and ``requirements.txt``, a README with the Spaces YAML
+    header, and ``tunekit_space.json`` naming the adapter(s), the base, example prompts taken
+    from the held-out rows and the card's method and metrics. One commit per push.
+
+    Args:
+        result_or_repo: a pushed :class:`~tunekit.TuneResult`, or the adapter's Hub repo id.
+        space_id: the Space to create, e.g. ``"user/name-demo"``.
+        private: create the Space private (an existing Space keeps its visibility).
+        token: Hub token; default: ``HF_TOKEN`` or the saved login.
+        adapters: more adapter repo ids on the same base; the app then shows an adapter picker.
+        examples: example prompts; default: user turns of the held-out rows.
+        title: the Space's title.
+        link_card: add a "Try it" link to the Space on each adapter's model card.
+
+    Returns:
+        The Space's URL.
+
+    Raises:
+        ConfigError: the fine-tune is not on the Hub yet, or the adapters differ in base.
+        HubError: creating or writing the Space failed.
+
+    Example:
+        >>> result.push("alice/notes-lora")
+        >>> result.push_space("alice/notes-lora-demo")
+        'https://huggingface.co/spaces/alice/notes-lora-demo'
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not _is_hub_id(space_id):
+        raise ConfigError(f"space_id must look like 'user/name-demo', got {space_id!r}")
+    api = HfApi(token=token)
+    config = space_config(result_or_repo, adapters=adapters, examples=examples, title=title, token=token,
+                          endpoint=api.endpoint)
+    try:
+        url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="tunekit-space-") as tmp:
+            write_space(tmp, config, endpoint=api.endpoint)
+            api.upload_folder(folder_path=tmp, repo_id=space_id, repo_type="space",
+                              commit_message=f"tunekit: demo of {config['adapters'][0]['label']}")
+    except HfHubHTTPError as e:
+        from .hub import _reason
+
+        raise HubError(f"pushing the Space {space_id!r} failed: {_reason(e)}", repo_id=space_id) from e
+    if link_card:
+        results = [result_or_repo] if not adapters else [result_or_repo, *adapters]
+        for item, entry in zip(results, config["adapters"]):
+            _link_card(api, item, entry["repo_id"], space_id)
+    log.info("pushed the Space %s", url)
+    return str(url)
+
+
+def _link_card(api, item, repo_id: str, space_id: str) -> None:
+    """Re-render the adapter's card with a link to the Space and commit it to the adapter repo.
+
+    A card tunekit did not write (a plain PEFT adapter) gets the link inserted after its header.
+    Failing to link (e.g. someone else's adapter) is logged, not raised: the Space itself is up.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from . import card
+    from .result import TuneResult
+
+    space_url = f"{api.endpoint}/spaces/{space_id}"
+    try:
+        result = item if isinstance(item, TuneResult) else _open(item, token=api.token)
+        if result.run.get("data") and result.run.get("template"):
+            text = str(card.render_card(result.run, result.metrics, repo_id=repo_id, space_id=space_id,
+                                        endpoint=api.endpoint))
+        else:
+            readme = Path(api.hf_hub_download(repo_id, "README.md"))
+            text = _insert_link(readme.read_text(), space_id, space_url)
+        api.upload_file(path_or_fileobj=text.encode(), path_in_repo="README.md", repo_id=repo_id,
+                        commit_message=f"Link the demo Space {space_id}")
+    except (HfHubHTTPError, OSError, HubError) as e:
+        log.warning("the Space is up, but linking it from %s's card failed: %s", repo_id, e)
+
+
+def _insert_link(text: str, space_id: str, space_url: str) -> str:
+    line = f"**Try it:** [{space_id}]({space_url}) (Gradio Space)."
+    if space_url in text:
+        return text
+    match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
+    cut = match.end() if match else 0
+    return f"{text[:cut]}\n{line}\n{text[cut:]}"
+
+
+# -- running it locally --------------------------------------------------------------------------
+@dataclass
+class SpaceServer:
+    """A running Space app.
+
+    Attributes:
+        url: where to open it, e.g. ``http://127.0.0.1:7860/``.
+        share_url: the public gradio.live link when ``share=True``.
+        demo: the ``gr.Blocks`` app.
+        config: what the app serves (``tunekit_space.json`` contents).
+    """
+
+    url: str
+    share_url: str | None
+    demo: Any
+    config: dict[str, Any]
+
+    def close(self) -> None:
+        """Stop the server."""
+        self.demo.close()
+
+    def block(self) -> None:
+        """Wait until interrupted (Ctrl-C), then stop."""
+        try:
+            self.demo.block_thread()
+        finally:
+            self.close()
+
+
+def run_space(name_or_dir: "TuneResult | str | os.PathLike", *, host: str = "127.0.0.1", port: int | None = None,
+              share: bool = False, adapters: list[str] | None = None, examples: list[str] | None = None,
+              token: str | None = None) -> SpaceServer:
+    """Start the Space app on this machine for a fine-tune, without pushing anything.
+
+    Args:
+        name_or_dir: an output folder, an adapter's Hub repo id, a :class:`~tunekit.TuneResult`, or
+            ``spaces/user/name-demo`` to run what a pushed Space serves.
+        host: interface to listen on.
+        port: TCP port; default: gradio's (7860, or the next free one).
+        share: also open a public gradio.live link (needs the internet).
+        adapters: more adapters on the same base, for the picker.
+        examples: example prompts; default: the held-out rows' user turns.
+        token: Hub token for private repos.
+
+    Returns:
+        A :class:`SpaceServer`; the server runs in a background thread until ``close()``.
+
+    Example:
+        >>> server = tunekit.space.run_space("runs/SmolLM2-135M-Instruct-lora-…")
+        >>> server.url
+        'http://127.0.0.1:7860/'
+    """
+    _quiet_gradio()
+    if isinstance(name_or_dir, str) and name_or_dir.startswith("spaces/") and not Path(name_or_dir).exists():
+        config = _pushed_config(name_or_dir[len("spaces/"):], token=token)
+        preloaded = {}
+    else:
+        first = _open(name_or_dir, token=token)
+        config = space_config(first, adapters=adapters, examples=examples, token=token, local=True)
+        preloaded = {config["adapters"][0]["label"]: first}
+    app = load_app()
+    models = app.Models(config)
+    for label, result in preloaded.items():
+        models.provide(label, result)
+    models.warm()
+    demo = app.build_demo(config, models)
+    _, local_url, share_url = app.launch(demo, server_name=host, server_port=port, share=share,
+                                         prevent_thread_lock=True, quiet=True)
+    log.info("the Space app is running at %s", local_url)
+    return SpaceServer(url=local_url, share_url=share_url, demo=demo, config=config)
+
+
+def _pushed_config(space_id: str, *, token: str | None) -> dict[str, Any]:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = hf_hub_download(space_id, CONFIG_FILE, repo_type="space", token=token)
+    except (HfHubHTTPError, LocalEntryNotFoundError) as e:
+        raise HubError(f"cannot read {CONFIG_FILE} of the Space {space_id!r}: {e}", repo_id=space_id) from e
+    return json.loads(Path(path).read_text())
+
+
+def load_app():
+    """Import the shipped ``spaces/app.py`` as a module (the same file a pushed Space runs)."""
+    name = "tunekit_space_app"
+    if name in sys.modules:
+        return sys.modules[name]
+    _quiet_gradio()
+    path = shipped_dir("spaces") / "app.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        del sys.modules[name]
+        raise ConfigError(f"the Space app needs gradio: pip install 'tunekit[space]' ({e})") from e
+    return module
+
+
+def _quiet_gradio() -> None:
+    # Read by gradio at import/launch: no analytics or update pings (offline machines would wait
+    # on them, and a local demo has no business phoning home).
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_TELEMETRY_ENABLED", "False")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _is_hub_id(name: str | None) -> bool:
+    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+
+
+def _endpoint(token: str | None) -> str:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token).endpoint
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

@@ -1,0 +1,90 @@
+"""``tunekit space …`` commands: ``push`` (publish the Gradio demo Space) and ``run`` (serve it
+locally). Thin: arguments in, :mod:`tunekit.space` called, one line out."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .space import push_space
+
+    space_id = args.space_id or f"{args.model.rstrip('/')}-demo"
+    url = push_space(args.model, space_id, private=args.private, adapters=args.adapter or None,
+                     examples=args.example or None, title=args.title)
+    print(url)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .space import run_space
+
+    if args.port is not None and not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port (1-65535)")
+    server = run_space(args.model, host=args.host, port=args.port, share=args.share,
+                       adapters=args.adapter or None, examples=args.example or None)
+    # The URL on stdout, flushed: scripts (and tests) wait for this line.
+    print(f"running at {server.url}" + (f" (public: {server.share_url})" if server.share_url else ""), flush=True)
+    server.block()
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``space`` command group to the top-level subparsers."""
+    space = sub.add_parser("space", help="the Gradio demo Space of a fine-tune: push it or run it locally")
+    space_sub = space.add_subparsers(dest="space_command", metavar="COMMAND", required=True)
+
+    push = space_sub.add_parser("push", help="create/update a Space demoing a pushed adapter; link it from its card")
+    push.add_argument("model", help="the adapter's Hub repo id (user/adapter)")
+    push.add_argument("space_id", nargs="?", help="the Space to create (default: MODEL-demo)")
+    push.add_argument("--private", action="store_true", help="create the Space private")
+    push.add_argument("--title", help="the Space's title (default: '<adapter> demo')")
+    _add_shared(push)
+    push.set_defaults(func=_push)
+
+    run = space_sub.add_parser("run", help="serve the Space app on this machine (output folder, Hub id or spaces/ID)")
+    run.add_argument("model", help="output folder, adapter Hub id, or spaces/user/name-demo for a pushed Space")
+    run.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    run.add_argument("--port", type=int, default=None, help="TCP port (default: 7860 or the next free one)")
+    run.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    _add_shared(run)
+    run.set_defaults(func=_run)
+
+
+def _add_shared(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", action="append", metavar="ID",
+                        help="another adapter on the same base, for the adapter picker (repeatable)")
+    parser.add_argument("--example", action="append", metavar="PROMPT",
+                        help="example prompt (repeatable; default: the held-out rows' user turns)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tunekit.space_cli …``: the ``tunekit space`` group on its own, with the same
+    error handling as ``tunekit`` (one line on stderr, exit 1; traceback with TUNEKIT_DEBUG=1)."""
+    import logging
+    import traceback
+
+    from . import config
+    from .errors import TunekitError
+
+    parser = argparse.ArgumentParser(prog="tunekit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TunekitError as e:
+        if config.debug():
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
