@@ -104,6 +104,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if data is None:
         raise ConfigError("give the training data: `tunekit train DATA` or `data:` in --config")
     options.pop("data", None)
+    from .cli_serve import maybe_launch
+
+    launched = maybe_launch(args, data, options)
+    if launched is not None:
+        return launched
     result = finetune(data, **options)
     m = result.metrics
     print(f"saved {result.method} fine-tune of {result.base} to {result.output_dir}")
@@ -180,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--training-arg", action="append", metavar="KEY=VALUE",
                        help="extra trl.SFTConfig argument (JSON value), repeatable")
     add_option_flags(train)
+    from . import cli_serve
+
+    cli_serve.add_train_flags(train)
     train.set_defaults(func=cmd_train)
 
     chat = sub.add_parser("chat", help="chat with a fine-tuned model (output folder or Hub id)")
@@ -210,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hub_cli.register(sub)
     space_cli.register(sub)
+    cli_serve.register(sub)
     return parser
 
 

@@ -276,6 +276,44 @@ class TuneResult:
         return space.push_space(self, space_id, private=private, token=token, adapters=adapters,
                                 examples=examples)
 
+    # -- leaving tunekit -------------------------------------------------------------------------
+    def merge(self, out_dir: str | Path, *, dtype: str | None = None) -> Path:
+        """Write the adapter merged into its base: a plain transformers model that loads without
+        PEFT. QLoRA adapters are merged into the de-quantised base (with a warning about the
+        rounding). See :func:`tunekit.export.merge`.
+
+        Args:
+            out_dir: a new (or empty) folder.
+            dtype: "float32", "bfloat16" or "float16"; default: the base's own dtype.
+
+        Returns:
+            ``out_dir`` as a Path.
+
+        Example:
+            >>> tunekit.load("alice/show-notes-lora").merge("show-notes-merged")
+        """
+        from . import export
+
+        return export.merge(self, out_dir, dtype=dtype)
+
+    def export_gguf(self, path: str | Path, *, dtype: str = "f16") -> Path:
+        """Write the fine-tune (merged, for an adapter) as one GGUF file for llama.cpp and
+        friends, the chat template in its metadata. See :func:`tunekit.export.export_gguf`.
+
+        Args:
+            path: the ``.gguf`` file to write.
+            dtype: "f16" or "f32" weight matrices.
+
+        Returns:
+            ``path`` as a Path.
+
+        Example:
+            >>> tunekit.load("alice/show-notes-lora").export_gguf("show-notes.f16.gguf")
+        """
+        from . import export
+
+        return export.export_gguf(self, path, dtype=dtype)
+
 
 def load(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None,
          base: str | None = None, device: str | None = None, trust_remote_code: bool = False) -> TuneResult:

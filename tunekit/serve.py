@@ -102,6 +102,10 @@ class AdapterPool:
         self._state = threading.Lock()
         self._loaded: OrderedDict[str, _Adapter] = OrderedDict()  # least recently used first
         self._known: dict[str, _Adapter] = {}
+        # Adapters downloaded and checked but not yet in the model, and one lock per name, so
+        # concurrent first requests for an adapter download it once (without holding _lock).
+        self._pending: dict[str, _Adapter] = {}
+        self._pulls: dict[str, threading.Lock] = {}
         self._slots = itertools.count()
         self._current = _Current(self)
         log.info("adapter pool over %s (%s, %s)", self._base.name, self._where.device, self._where.dtype)
@@ -156,6 +160,7 @@ class AdapterPool:
         with self._lock:
             with self._state:
                 entry = self._known.pop(name, None)
+                self._pending.pop(name, None)
                 if entry is None:
                     raise ModelError(f"no adapter {name!r} in the pool; it has {self._names()}")
                 self._loaded.pop(name, None)
@@ -218,12 +223,17 @@ class AdapterPool:
             self._peft.load_adapter(str(entry.folder), adapter_name=slot, torch_device=self._where.device)
         except (RuntimeError, ValueError, KeyError, OSError) as e:
             self._drop_slot(slot)  # leave the pool as it was
+            with self._state:
+                if self._pending.get(entry.name) is entry:
+                    del self._pending[entry.name]  # the next request checks it afresh
             raise ModelError(f"adapter {entry.source!r} could not be loaded over {self._base.name!r}: {e}") from e
         self._peft.eval()
         entry.slot = slot
         with self._state:
             self._loaded[entry.name] = entry
             self._known[entry.name] = entry
+            if self._pending.get(entry.name) is entry:
+                del self._pending[entry.name]
         log.info("loaded adapter %s into the pool (%d in memory)", entry.name, len(self._loaded))
 
     def _unload(self, entry: _Adapter) -> None:
@@ -271,17 +281,66 @@ class AdapterPool:
         with self._using(entry):
             return chatlib.generate(self._current, tokenizer, messages, **kwargs)
 
+    def fetch(self, adapter: str) -> None:
+        """Make sure an adapter's files are local and checked, downloading it when needed,
+        without touching the model: other requests keep generating meanwhile. ``chat`` and
+        ``using`` do this themselves; call it first to report a bad adapter before answering
+        (the OpenAI server does, so a stream never starts for an adapter that cannot load).
+
+        Args:
+            adapter: the adapter's name (an unknown name is pulled when ``auto_add`` is on).
+
+        Raises:
+            HubError: the repo cannot be downloaded.
+            ModelError: it is not an adapter for this base, or ``auto_add`` is off and the name
+                was never added.
+        """
+        self._entry(adapter)
+
+    @contextlib.contextmanager
+    def using(self, adapter: str | None = None) -> Iterator[tuple[Any, Any]]:
+        """Hold the shared model with one adapter active, for callers that run their own
+        generation (the OpenAI server does, to count tokens and stream them).
+
+        Other requests wait until the block ends, so keep it to one generation. The adapter is
+        downloaded (if needed) before the model is taken.
+
+        Args:
+            adapter: the adapter's name; None holds the base with every adapter off.
+
+        Yields:
+            ``(model, tokenizer)``: an object with ``generate(**kwargs)`` and ``device``, and the
+            tokenizer (with the chat template) that goes with the adapter.
+        """
+        entry = self._entry(adapter) if adapter is not None else None
+        tokenizer = entry.tokenizer if entry is not None else self._tokenizer
+        with self._using(entry):
+            yield self._current, tokenizer
+
     def _entry(self, name: str) -> _Adapter:
         with self._state:
             entry = self._known.get(name)
-        if entry is not None:
-            if entry.slot is None:
-                # Evicted: pull it again (a cache hit unless the repo moved on), outside the lock.
-                entry = self._prepare(name, entry.source, entry.revision, entry.force)
+        if entry is not None and entry.slot is not None:
             return entry
-        if not self.auto_add:
+        if entry is None and not self.auto_add:
             raise ModelError(f"no adapter {name!r} in the pool; it has {self._names()}. Add it with pool.add().")
-        return self._prepare(name, name, None, False)
+        with self._state:
+            pull = self._pulls.setdefault(name, threading.Lock())
+        with pull:  # one download per name; requests for other adapters are not held up
+            with self._state:
+                known, pending = self._known.get(name), self._pending.get(name)
+            if known is not None and known.slot is not None:
+                return known
+            if pending is not None:
+                return pending
+            if known is not None:
+                # Evicted: pull it again (a cache hit unless the repo moved on), outside the lock.
+                prepared = self._prepare(name, known.source, known.revision, known.force)
+            else:
+                prepared = self._prepare(name, name, None, False)
+            with self._state:
+                self._pending[name] = prepared
+            return prepared
 
     @contextlib.contextmanager
     def _using(self, entry: _Adapter | None):

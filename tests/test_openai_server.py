@@ -1,0 +1,269 @@
+"""The OpenAI-compatible server, driven by the official ``openai`` client over loopback, with
+adapters pulled from a real hub."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from hub_fixtures import free_port, hub  # noqa: F401  (fixture)
+
+import tunekit
+
+openai = pytest.importorskip("openai")
+
+PROMPT = "What is 3 plus 3?"
+MAX_TOKENS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def online(hub):
+    with hub.client(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_base(hub, tiny_model_dir) -> str:
+    repo = f"{hub.user}/tiny-base"
+    hub.api.create_repo(repo)
+    hub.api.upload_folder(folder_path=str(tiny_model_dir), repo_id=repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def adapters(hub, tiny_base, tiny_model_dir, tmp_path_factory) -> list[str]:
+    """Four plain PEFT adapters with random (non-zero) weights: each answers differently, and
+    making them takes no training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapters")
+    repos = []
+    for i in range(4):
+        torch.manual_seed(100 + i)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                init_lora_weights=False))
+        peft.save_pretrained(out / str(i))
+        # Named after saving: PEFT's save_pretrained would fetch the named base's config.json and
+        # leave a partial snapshot in the cache, which resolve_base then takes for the whole base.
+        cfg_path = out / str(i) / "adapter_config.json"
+        cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "base_model_name_or_path": tiny_base}))
+        repo = f"{hub.user}/oa-{i}-{uuid.uuid4().hex[:6]}"
+        hub.api.create_repo(repo)
+        hub.api.upload_folder(folder_path=str(out / str(i)), repo_id=repo)
+        repos.append(repo)
+    return repos
+
+
+@pytest.fixture(scope="module")
+def alone(hub, tiny_base, tiny_model_dir, adapters) -> dict[str, str]:
+    """Each model's greedy answer when loaded alone (the base from its folder, as a plain model)."""
+    answers = {repo: tunekit.load(repo, token=hub.token).chat(PROMPT, max_new_tokens=MAX_TOKENS) for repo in adapters}
+    answers[tiny_base] = tunekit.load(tiny_model_dir).chat(PROMPT, max_new_tokens=MAX_TOKENS)
+    assert len(set(answers.values())) == len(answers), "every model must answer differently for the test to mean much"
+    return answers
+
+
+class _Running:
+    def __init__(self, server, pool):
+        import uvicorn
+
+        self.pool, self.server = pool, server
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._uvicorn = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=self.port,
+                                                      log_level="warning"))
+        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=30)
+
+    def client(self, **kwargs):
+        return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def server(hub, tiny_base, adapters):
+    from tunekit.openai_server import OpenAIServer
+
+    # Two in memory for four adapters: requests keep evicting and re-pulling.
+    pool = tunekit.AdapterPool(tiny_base, max_loaded=2, token=hub.token)
+    with _Running(OpenAIServer(pool, adapters), pool) as running:
+        yield running
+
+
+def test_models_chat_and_stream_with_the_official_client(server, tiny_base, adapters, alone):
+    client = server.client()
+    assert [m.id for m in client.models.list()] == [tiny_base, *adapters]
+    assert client.models.retrieve(adapters[0]).id == adapters[0]
+
+    for model in [adapters[0], tiny_base, adapters[1]]:
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": PROMPT}],
+                                               max_tokens=MAX_TOKENS, temperature=0)
+        assert reply.object == "chat.completion" and reply.model == model
+        assert reply.choices[0].message.role == "assistant"
+        assert reply.choices[0].message.content == alone[model]
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        tokenizer = server.pool._tokenizer
+        prompt_ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True)
+        prompt_ids = prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids
+        assert reply.usage.prompt_tokens == len(prompt_ids)
+        assert 1 <= reply.usage.completion_tokens <= MAX_TOKENS
+        assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+    chunks = list(client.chat.completions.create(
+        model=adapters[2], messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, stream=True, temperature=0,
+        stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == alone[adapters[2]]
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes in (["length"], ["stop"])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+
+    # The raw stream is server-sent events ending with [DONE].
+    with httpx.stream("POST", f"{server.url}/chat/completions", timeout=60, json={
+            "model": adapters[3], "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4,
+            "stream": True, "temperature": 0}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
+    assert json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+
+
+def _error(exc) -> dict:
+    body = exc.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_unknown_model_is_404_and_bad_requests_are_400_in_openai_shape(server, adapters):
+    client = server.client()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nobody/nothing", messages=[{"role": "user", "content": "hi"}])
+    err = _error(e.value)
+    assert err["code"] == "model_not_found" and err["param"] == "model" and "nobody/nothing" in err["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("nobody/nothing")
+
+    bad = [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"temperature": 7}, "temperature"),
+        ({"n": 3}, "n"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         "messages[0].content"),
+    ]
+    for change, param in bad:
+        kwargs = {"model": adapters[0], "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **change}
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**kwargs)
+        err = _error(e.value)
+        assert err["type"] == "invalid_request_error" and err["param"] == param, (change, err)
+    r = httpx.post(f"{server.url}/chat/completions", content=b"{not json", timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(f"{server.url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+
+
+def test_200_concurrent_requests_over_4_adapters_all_answer_like_each_alone(server, adapters, alone):
+    client = server.client()
+
+    def ask(i: int) -> tuple[str, str]:
+        model = adapters[i % 4]
+        messages = [{"role": "user", "content": PROMPT}]
+        if i % 5 == 0:
+            stream = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, stream=True,
+                                                    temperature=0)
+            return model, "".join(c.choices[0].delta.content or "" for c in stream if c.choices).strip()
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=MAX_TOKENS, temperature=0)
+        return model, reply.choices[0].message.content
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(ask, range(200), timeout=150))
+    elapsed = time.monotonic() - start
+    assert len(results) == 200
+    wrong = [(model, text) for model, text in results if text != alone[model]]
+    assert not wrong, wrong[:5]
+    assert len(server.pool.adapters) <= 2
+    assert elapsed < 150
+
+
+def test_pulling_an_adapter_does_not_stall_requests_to_others(hub, tiny_base, adapters, alone, monkeypatch):
+    from tunekit import hub as hublib
+    from tunekit.openai_server import OpenAIServer
+
+    original = hublib.download
+    slow = adapters[3]
+
+    def download(repo_id, **kwargs):
+        if repo_id == slow:
+            time.sleep(3)  # a big adapter on a slow link
+        return original(repo_id, **kwargs)
+
+    pool = tunekit.AdapterPool(tiny_base, token=hub.token)
+    with _Running(OpenAIServer(pool, adapters), pool) as running:
+        client = running.client()
+        ask = dict(messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, temperature=0)
+        assert client.chat.completions.create(model=adapters[0], **ask).choices[0].message.content == alone[adapters[0]]
+        monkeypatch.setattr(hublib, "download", download)
+        with ThreadPoolExecutor(max_workers=1) as background:
+            pending = background.submit(lambda: client.chat.completions.create(model=slow, **ask))
+            time.sleep(0.5)  # the slow pull is under way
+            t0 = time.monotonic()
+            fast = client.chat.completions.create(model=adapters[0], **ask)
+            waited = time.monotonic() - t0
+            assert not pending.done()
+            assert fast.choices[0].message.content == alone[adapters[0]]
+            assert waited < 2.0, f"a request for a loaded adapter waited {waited:.1f} s behind a download"
+            assert pending.result(timeout=60).choices[0].message.content == alone[slow]
+
+
+def test_api_key_and_cli_serve(hub, tiny_base, adapters, alone):
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunekit.cli_serve", "serve", "--base", tiny_base, "--adapter", adapters[0],
+         "--max-loaded", "1", "--port", str(port), "--api-key", "sekret"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=hub.env())
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        seen = []
+        for line in proc.stdout:  # progress bars on stderr come first; the URL line last
+            seen.append(line)
+            if url in line:
+                break
+        assert url in seen[-1], "".join(seen)
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=url, api_key="sekret", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list()] == [tiny_base, adapters[0]]
+        reply = client.chat.completions.create(model=adapters[0], messages=[{"role": "user", "content": PROMPT}],
+                                               max_tokens=MAX_TOKENS, temperature=0)
+        assert reply.choices[0].message.content == alone[adapters[0]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
