@@ -22,12 +22,22 @@ from .errors import (
     TunekitError,
 )
 
+# `estimate` and `compare` share their names with the submodules that define them. Importing a
+# submodule sets it as an attribute of the package, so a lazily resolved function would be
+# replaced by its module as soon as anything ran `from .estimate import …` (training does).
+# Both modules import only the standard library at the top, so binding them here costs nothing
+# and keeps `tunekit.estimate(...)` and `tunekit.compare(...)` callable.
+from .compare import compare
+from .estimate import estimate
+
 __version__ = "0.1.0"
 
 __all__ = [
     "finetune",
     "load",
     "preview",
+    "estimate",
+    "compare",
     "TuneResult",
     "AdapterPool",
     "Options",

@@ -112,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = finetune(data, **options)
     m = result.metrics
     print(f"saved {result.method} fine-tune of {result.base} to {result.output_dir}")
+    if result.run.get("method_choice"):
+        print(f"  method='auto' chose {result.run['method_choice']['reason']}")
     print(f"  eval loss {m.get('eval_loss_first')} -> {m.get('eval_loss_best')}  |  "
           f"{m.get('steps')} steps in {m.get('wall_seconds')} s, {m.get('tokens_per_second')} tokens/s")
     if result.url:
@@ -213,12 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     tpl.set_defaults(func=cmd_templates)
 
     # The Hub server owns its commands; importing its CLI module stays light.
-    from . import space_cli
+    from . import model_cli, space_cli
     from .hubserver import cli as hub_cli
 
     hub_cli.register(sub)
     space_cli.register(sub)
     cli_serve.register(sub)
+    model_cli.register(sub)
     return parser
 
 

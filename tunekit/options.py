@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .estimate import FULL_MIN_EXAMPLES
 from .methods import METHODS
 
 
@@ -22,7 +23,9 @@ class Options:
     """Options of a fine-tuning run. Every one has a default; pass them by keyword."""
 
     base: str | None = _opt(None, "Hub model id or local folder; default: the embedded SmolLM2-135M-Instruct")
-    method: str = _opt("lora", "full | lora | qlora", choices=METHODS)
+    method: str = _opt("auto", "auto | full | lora | qlora; auto: lora when it fits free memory, qlora when only "
+                       f"that fits, full for {FULL_MIN_EXAMPLES:,}+ examples when it fits (see tunekit estimate)",
+                       choices=("auto", *METHODS))
     template: str | None = _opt(None, "chat template name, .jinja path or Jinja text; default: the base's own family")
     train_on: str = _opt("assistant", "assistant: train only on assistant turns (weight 1); all: every token",
                          choices=("assistant", "all"))
@@ -47,7 +50,7 @@ class Options:
     on_bad_rows: str = _opt("raise", "raise: stop and list bad rows; skip: drop them and report the count",
                             choices=("raise", "skip"))
     device: str | None = _opt(None, "cpu or cuda; default: cuda when available")
-    gradient_checkpointing: bool | None = _opt(None, "recompute activations to save memory; default: on for CUDA, off on CPU")
+    gradient_checkpointing: bool | None = _opt(None, "recompute activations to save memory; default: on for CUDA and for qlora, off otherwise on CPU")
     trust_remote_code: bool = _opt(False, "run model code shipped with the base repo")
     training_args: dict | None = _opt(None, "extra trl.SFTConfig arguments, applied last", cli=False)
     push_to: str | None = _opt(None, "Hub repo id to push the result to when training ends")
