@@ -57,34 +57,16 @@ def _reset_peak() -> bool:
 
 
 def _load(model_dir: str, method: str, r: int, target_modules, lora_dropout: float):
-    import torch
-    from transformers import AutoModelForCausalLM
+    # tunekit's own loading, so the measurement is of what tunekit runs (e.g. a 4-bit model's
+    # checkpoint mapping is released after quantising).
+    from tunekit import methods, models
 
-    if method == "qlora":
-        from transformers import BitsAndBytesConfig
+    model = models.load_model(model_dir, where=models.placement("cpu"), quantize_4bit=method == "qlora")
+    if methods.uses_peft(method):
+        from peft import get_peft_model
 
-        bnb = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, quantization_config=bnb, dtype=torch.float32, device_map="cpu"
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(
-            r=r,
-            lora_alpha=2 * r,
-            lora_dropout=lora_dropout,
-            target_modules=target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, cfg)
+        model = get_peft_model(model, methods.lora_config(
+            r=r, alpha=2 * r, dropout=lora_dropout, target_modules=target_modules))
     return model
 
 

@@ -56,10 +56,11 @@ _CPU_OVERHEAD_BYTES = 450_000_000
 # below); full 0.33 (its gradients reuse the holes, we keep 0.6 to stay on the safe side).
 # CUDA's caching allocator is modelled as exact.
 _CPU_HEAP_RETENTION = 0.6
-# Measured: a QLoRA process on CPU holds ~0.46 GB more RSS after loading SmolLM2 than a LoRA one;
-# bitsandbytes reads each linear layer in compute dtype before quantising, and those freed
-# buffers stay in the glibc heap. We add the compute-dtype size of the quantised layers on CPU.
-_CPU_QLORA_LOAD_LEFTOVER = 1.0
+# A QLoRA process on CPU used to hold ~0.46 GB more RSS after loading SmolLM2 than a LoRA one:
+# quantising reads every page of the memory-mapped checkpoint, which stayed mapped while the
+# embeddings pointed into it. tunekit.models now copies those tensors out and the mapping
+# closes, so nothing is left over (kept as a named 0 so the accounting says so).
+_CPU_QLORA_LOAD_LEFTOVER = 0.0
 # Achieved fraction of the matmul probe's FLOP/s in a real training step (kernels smaller than
 # 1024^2, elementwise ops, softmax over the vocabulary, optimizer). SmolLM2-135M, batch 4 x 128,
 # fp32 on this 2-core CPU (benchmarks/measure_peak.py): LoRA r16 all-linear 136 tokens/s and full
@@ -628,7 +629,9 @@ def estimate(
     a = _DTYPE_BYTES[dtype_name]
     on_cpu = device == "cpu"
     if gradient_checkpointing is None:
-        gradient_checkpointing = not on_cpu
+        from .methods import default_gradient_checkpointing
+
+        gradient_checkpointing = default_gradient_checkpointing(method, cuda=not on_cpu)
     lora = method != "full"
     targeted = _targeted(s.linears, target_modules) if lora else []
     if lora and not targeted:

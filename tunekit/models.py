@@ -97,6 +97,10 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
         raise ModelError(f"{repo_id!r} is neither a model folder nor a valid Hub repo id") from e
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
         path = None
+    if path is not None and not any(Path(path).glob("*.safetensors")):
+        # A partial snapshot (e.g. only config.json, cached by PEFT when it saved an adapter)
+        # is not a base: fetch the weights.
+        path = None
     if path is None and hub_reachable():
         try:
             path = snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS, token=token)
@@ -289,7 +293,55 @@ def load_model(path: str | os.PathLike, *, where: Placement, quantize_4bit: bool
         raise ModelError(f"could not load the model in {path}: {e}") from e
     if not quantize_4bit:
         model.to(where.device)
+    elif not where.is_cuda:
+        _release_checkpoint_file(model)
     return model
+
+
+def _release_checkpoint_file(model) -> None:
+    """Copy a 4-bit CPU model's remaining full-precision tensors (embeddings, norms) out of the
+    memory-mapped checkpoint, so the mapping closes. Quantising reads every page of the file, and
+    while any tensor still points into it all ~540 MB (SmolLM2) count as resident memory — more
+    than QLoRA saves."""
+    import gc
+
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.__class__.__name__ != "Params4bit":
+                param.data = param.data.clone()
+    gc.collect()
+
+
+def tune_cpu_runtime() -> None:
+    """Process-wide settings that make CPU training faster, applied when a CPU run starts.
+
+    glibc serves allocations above 128 KiB with fresh mmap()s and returns them on free, so every
+    activation tensor of a training step page-faults its memory in again (measured: an
+    elementwise multiply of a 1728x576 fp32 tensor 7.6 ms -> 0.19 ms once freed memory is
+    kept). Raising the mmap and trim thresholds keeps freed memory for reuse; peak RSS is
+    unchanged since it is the high-water mark either way.
+    """
+    import ctypes
+    import ctypes.util
+
+    global _CPU_TUNED
+    if _CPU_TUNED:
+        return
+    _CPU_TUNED = True
+    name = ctypes.util.find_library("c")
+    if not name or "libc" not in name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum on 64-bit
+        libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
+        libc.mallopt(m_top_pad, 64 * 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        log.debug("mallopt unavailable; CPU allocator left as it is")
+
+
+_CPU_TUNED = False
 
 
 class _quiet_bitsandbytes:

@@ -6,6 +6,7 @@ Full, LoRA and QLoRA differ only in how the model is loaded and wrapped (``metho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -119,7 +120,6 @@ class _Run:
         else:
             train_rows, eval_rows = data.split_examples(train_rows, opts.eval_split, seed=opts.seed)
         self.report = report
-        out = self._output_dir()
 
         base, tokenizer, template, missing = prepare_tokenizer(opts.base, opts.template)
         train_enc, skipped = templates.encode_all(
@@ -134,6 +134,15 @@ class _Run:
             raise TrainingError("no training rows are left after validation; nothing to train on")
 
         where = models.placement(opts.device)
+        choice = None
+        if opts.method == "auto":
+            # Decided from the base's config before any weights load: a run that cannot fit fails
+            # in seconds with the breakdown, not minutes later with an out-of-memory error.
+            choice = _choose_method(opts, base.path, train_enc, where)
+            opts = self.opts = dataclasses.replace(
+                opts, method=choice["method"], gradient_checkpointing=choice["gradient_checkpointing"])
+        # After the choice, so the default folder name says which method ran.
+        out = self._output_dir()
         model = models.load_model(
             base.path, where=where, quantize_4bit=methods.quantized(opts.method),
             trust_remote_code=opts.trust_remote_code,
@@ -142,7 +151,9 @@ class _Run:
         if missing:
             model.resize_token_embeddings(len(tokenizer))
             new_token_ids = tokenizer.convert_tokens_to_ids(missing)
-        checkpointing = opts.gradient_checkpointing if opts.gradient_checkpointing is not None else where.is_cuda
+        checkpointing = _default_checkpointing(opts, where)
+        if not where.is_cuda:
+            models.tune_cpu_runtime()
         peft_config = None
         if methods.uses_peft(opts.method):
             peft_config = methods.lora_config(
@@ -163,19 +174,25 @@ class _Run:
         start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         wall = time.perf_counter() - start
-        trainer.save_model(str(out))
-        # save_model also pickles the TrainingArguments; the output folder ships safetensors only
-        # (the checkpoints keep their copy for resuming).
-        (out / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(str(out))
-        if peft_config is not None:
-            _fix_adapter_base_name(out, base.name if not base.embedded else models.EMBEDDED_ID)
+        trainer.save_model(str(out))  # writes on the main process only
+        # Under data parallelism (tunekit train --nproc, accelerate launch) every process gets
+        # here; only the main one writes the output folder and pushes.
+        main = trainer.is_world_process_zero()
+        if main:
+            # save_model also pickles the TrainingArguments; the output folder ships safetensors
+            # only (the checkpoints keep their copy for resuming).
+            (out / "training_args.bin").unlink(missing_ok=True)
+            tokenizer.save_pretrained(str(out))
+            if peft_config is not None:
+                _fix_adapter_base_name(out, base.name if not base.embedded else models.EMBEDDED_ID)
 
         epochs_done = trainer.state.epoch or opts.epochs
         metrics = _metrics(trainer, stats, epochs_done, wall, where, report, len(train_enc), len(eval_enc),
                            skipped + eval_skipped)
         trainable, total = methods.trainable_parameters(trainer.model)
         metrics.update(trainable_params=trainable, total_params=total)
+        if choice:
+            metrics["estimated_peak_memory_bytes"] = choice["estimated_peak_bytes"]
         run_info = {
             "tunekit_version": _version(),
             "base": base.name,
@@ -183,6 +200,7 @@ class _Run:
             "embedded_base": base.embedded,
             "base_license": base.license,
             "method": opts.method,
+            "method_choice": choice,  # how method="auto" decided; None when the method was given
             "adapter": peft_config is not None,
             "template": {"name": template.name, "sha256": template.sha256, "eos": template.eos},
             "train_on": opts.train_on,
@@ -198,17 +216,19 @@ class _Run:
             "example_prompts": _example_prompts(eval_rows or train_rows),
             "created": datetime.now().isoformat(timespec="seconds"),
         }
-        (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        card.plot_loss(trainer.state.log_history, out / "loss.png")
-        card.write_card(out, run_info, metrics)
+        if main:
+            (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            card.plot_loss(trainer.state.log_history, out / "loss.png")
+            card.write_card(out, run_info, metrics)
+        trainer.accelerator.wait_for_everyone()  # the other processes read back what the main one wrote
 
         from .result import TuneResult
 
         result = TuneResult.from_dir(out)
-        if opts.push_to:
+        if main and opts.push_to:
             result.push(opts.push_to, private=opts.private)
-        if opts.push_space:
+        if main and opts.push_space:
             result.push_space(opts.push_space, private=opts.private)
         return result
 
@@ -216,7 +236,9 @@ class _Run:
         opts = self.opts
         if opts.output_dir:
             out = Path(opts.output_dir).expanduser()
-            if out.exists() and any(out.iterdir()) and not opts.resume:
+            # Only the main process checks: in a multi-process run the others may look after it
+            # has started writing checkpoints there.
+            if out.exists() and any(out.iterdir()) and not opts.resume and os.environ.get("RANK", "0") == "0":
                 raise ConfigError(
                     f"output_dir {out} already exists and is not empty; tunekit never overwrites a run. "
                     "Pass resume=True to continue it, or choose another output_dir."
@@ -306,6 +328,52 @@ class _Run:
             callbacks=callbacks,
             compute_dtype=where.dtype,
         )
+
+
+def _choose_method(opts: Options, base_path: Path, train_enc: list[dict], where) -> dict[str, Any]:
+    """Resolve ``method="auto"`` with :func:`tunekit.estimate.choose_method` from the base's
+    config, the encoded rows and the device's free memory, and log the reason in one line.
+
+    Raises:
+        ResourceError: no method fits; the message holds the side-by-side breakdown.
+    """
+    from .errors import ModelError
+    from .estimate import choose_method
+
+    lengths = [len(r["input_ids"]) for r in train_enc]
+    try:
+        method, reason, ests = choose_method(
+            str(base_path), n_examples=len(train_enc), device=where.device, dtype=str(where.dtype),
+            # Batches are padding-free, so the longest row times the batch bounds a micro-batch.
+            seq_len=max(lengths), batch_size=opts.batch_size, grad_accum=opts.grad_accum, r=opts.r,
+            target_modules=opts.target_module_list(), lora_dropout=opts.dropout,
+            gradient_checkpointing=opts.gradient_checkpointing, tokens_per_epoch=sum(lengths),
+        )
+    except ModelError as e:
+        # An architecture the estimator cannot build from its config (custom model code): LoRA,
+        # the seeds' default, is the safe bet; refusing to train would help no one.
+        log.warning("method='auto': cannot estimate memory for %s (%s); using lora", base_path, e)
+        return {"requested": "auto", "method": "lora", "reason": f"lora: no estimate ({e})",
+                "estimated_peak_bytes": None, "gradient_checkpointing": opts.gradient_checkpointing}
+    log.info("method='auto' chose %s", reason)
+    chosen = ests[method]
+    return {
+        "requested": "auto",
+        "method": method,
+        "reason": reason,
+        "estimated_peak_bytes": chosen.total_bytes,
+        "estimated_peak_bytes_per_method": {m: e.total_bytes for m, e in ests.items()},
+        # choose_method may have turned checkpointing on to make a method fit; training must then
+        # use it too. Otherwise the user's setting (or training's own default) stays.
+        "gradient_checkpointing": True if chosen.gradient_checkpointing and opts.gradient_checkpointing is None
+        else opts.gradient_checkpointing,
+    }
+
+
+def _default_checkpointing(opts: Options, where) -> bool:
+    if opts.gradient_checkpointing is not None:
+        return opts.gradient_checkpointing
+    return methods.default_gradient_checkpointing(opts.method, cuda=where.is_cuda)
 
 
 def _example_prompts(rows: list[dict], n: int = 4) -> list[str]:
