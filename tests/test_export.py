@@ -149,7 +149,7 @@ def test_clear_errors_for_what_cannot_be_merged_or_exported(run, tmp_path, tiny_
 
 def test_cli_merge_and_export(run, tmp_path):
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "tunekit.cli_serve", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "tunekit.cli", *args], capture_output=True, text=True,
                               timeout=300)
 
     done = cli("merge", str(run.output_dir), str(tmp_path / "merged"))

@@ -1,7 +1,6 @@
 """``tunekit estimate | compare | push | pull``, run as a user would: as subprocesses.
 
-They go through ``python -m tunekit.model_cli`` (the commands' own entry point, which
-``tunekit`` registers), like the Space commands' tests go through ``tunekit.space_cli``.
+They go through ``python -m tunekit.cli``, the ``tunekit`` command itself.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ GB = 10**9
 
 def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(env or os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "tunekit.model_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tunekit.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

@@ -246,7 +246,7 @@ def test_api_key_and_cli_serve(hub, tiny_base, adapters, alone):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunekit.cli_serve", "serve", "--base", tiny_base, "--adapter", adapters[0],
+        [sys.executable, "-m", "tunekit.cli", "serve", "--base", tiny_base, "--adapter", adapters[0],
          "--max-loaded", "1", "--port", str(port), "--api-key", "sekret"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=hub.env())
     try:

@@ -111,7 +111,7 @@ def test_the_adapter_card_links_the_space(hub, pushed):
 def test_space_push_command(hub, pushed, tmp_path):
     env = hub.env()
     env["HF_HOME"] = str(tmp_path / "hf-home")
-    out = subprocess.run([sys.executable, "-m", "tunekit.space_cli", "space", "push", ADAPTER, "alice/cli-demo",
+    out = subprocess.run([sys.executable, "-m", "tunekit.cli", "space", "push", ADAPTER, "alice/cli-demo",
                           "--example", "What is 1 plus 1?"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -154,7 +154,7 @@ def running_space(hub, pushed, tmp_path):
     env.update(HF_HOME=str(tmp_path / "space-hf-home"), GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     log_path = tmp_path / "space.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tunekit.space_cli", "space", "run", ADAPTER, "--adapter", SECOND,
+        [sys.executable, "-m", "tunekit.cli", "space", "run", ADAPTER, "--adapter", SECOND,
          "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=open(log_path, "wb"), text=True, cwd=tmp_path)
     lines: queue.Queue[str] = queue.Queue()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .errors import ConfigError
 
@@ -107,33 +106,3 @@ def maybe_launch(args: argparse.Namespace, data, options: dict) -> int | None:
     if in_distributed_run() or (nproc == 1 and not config_file):
         return None
     return launch_train(data, options, nproc=nproc, config_file=config_file, verbose=getattr(args, "verbose", False))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tunekit.cli_serve …``: these commands on their own, with the same error handling
-    as ``tunekit`` (one line on stderr, exit 1; traceback with TUNEKIT_DEBUG=1)."""
-    import logging
-    import traceback
-
-    from . import config
-    from .errors import TunekitError
-
-    parser = argparse.ArgumentParser(prog="tunekit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except TunekitError as e:
-        if config.debug():
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,7 +49,6 @@ def merged_model(result: "TuneResult", *, dtype: str | None = None) -> tuple[Any
     Raises:
         ModelError: the result is a full fine-tune (nothing to merge) or the adapter does not fit.
     """
-    import torch
     from peft import PeftModel
 
     if not result.adapter:

@@ -289,33 +289,3 @@ def register(sub) -> None:
     pull.add_argument("--token", help="Hub token for a private repo (default: HF_TOKEN or the saved login)")
     pull.add_argument("--to", metavar="DIR", help="also copy the files into this (new or empty) folder")
     pull.set_defaults(func=_pull)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tunekit.model_cli …``: these commands on their own, with the same error
-    handling as ``tunekit`` (one line on stderr, exit 1; traceback with TUNEKIT_DEBUG=1)."""
-    import logging
-    import traceback
-
-    from . import config
-    from .errors import TunekitError
-
-    parser = argparse.ArgumentParser(prog="tunekit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except TunekitError as e:
-        if config.debug():
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,6 @@ locally). Thin: arguments in, :mod:`tunekit.space` called, one line out."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -58,33 +57,3 @@ def _add_shared(parser: argparse.ArgumentParser) -> None:
                         help="another adapter on the same base, for the adapter picker (repeatable)")
     parser.add_argument("--example", action="append", metavar="PROMPT",
                         help="example prompt (repeatable; default: the held-out rows' user turns)")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tunekit.space_cli …``: the ``tunekit space`` group on its own, with the same
-    error handling as ``tunekit`` (one line on stderr, exit 1; traceback with TUNEKIT_DEBUG=1)."""
-    import logging
-    import traceback
-
-    from . import config
-    from .errors import TunekitError
-
-    parser = argparse.ArgumentParser(prog="tunekit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except TunekitError as e:
-        if config.debug():
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
