@@ -2,7 +2,7 @@
 format, then compare base and fine-tuned answers on episodes it has never seen.
 
 Run it with `make demo` (or `python examples/quickstart.py` in the project's venv). About
-5-8 minutes on 2 CPU cores.
+5-7 minutes on 2 CPU cores.
 """
 
 import json
@@ -20,6 +20,9 @@ result = tunekit.finetune(
     str(HERE / "data" / "shownotes.jsonl"),   # 160 conversations in OpenAI chat format
     eval_data=str(HERE / "data" / "shownotes_heldout.jsonl"),
     method="lora",                             # base defaults to the embedded SmolLM2-135M-Instruct
+    # A 135M model learns a short format fastest with small steps and a higher adapter lr
+    # (80 updates instead of the default 4x accumulation's 20).
+    lr=1e-3, grad_accum=1, epochs=2,
     output_dir=None,                           # a fresh runs/<base>-lora-<time> folder
 )
 print(json.dumps({k: result.metrics[k] for k in

@@ -283,6 +283,8 @@ class _Run:
             save_steps=eval_steps,
             save_total_limit=2,
             eval_strategy="steps" if has_eval else "no",
+            # The base's eval loss, so metrics and the card show what training changed.
+            eval_on_start=has_eval,
             eval_steps=eval_steps if has_eval else None,
             load_best_model_at_end=has_eval,
             metric_for_best_model="eval_loss" if has_eval else None,
