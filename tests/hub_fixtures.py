@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["HubServer", "TestHub", "add_hub_user", "free_port", "hub", "start_hub"]
+__all__ = ["HubServer", "TestHub", "add_hub_user", "free_port", "hub", "hub_online", "start_hub", "tiny_base"]
 
 _CLI = [sys.executable, "-m", "tunekit.cli", "hub"]
 
@@ -210,3 +210,21 @@ def hub(tmp_path_factory) -> Iterator[TestHub]:
     # A request the server answered with a 500 shows up here even if the client retried it away.
     log = server.log(tail=10**7)
     assert "Traceback" not in log, f"the hub server logged an error:\n{log[-5000:]}"
+
+
+@pytest.fixture(scope="module")
+def hub_online(hub):
+    """Point in-process huggingface_hub (and tunekit's reachability check) at this module's hub.
+    conftest removes HF_TOKEN again for each test, so tests pass token= unless they set it."""
+    with hub.client(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_base(hub, tiny_model_dir) -> str:
+    """The tiny model as a full-model Hub repo, so adapters trained on it name a Hub id."""
+    repo = f"{hub.user}/tiny-base"
+    hub.api.create_repo(repo)
+    hub.api.upload_folder(folder_path=str(tiny_model_dir), repo_id=repo)
+    return repo

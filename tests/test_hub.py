@@ -28,21 +28,8 @@ def rows(answer) -> list[dict]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def online(hub):
-    """Point in-process huggingface_hub (and tunekit's reachability check) at this module's hub.
-    conftest removes HF_TOKEN again for each test, so tests pass token= unless they set it."""
-    with hub.client(), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "0")
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_base(hub, tiny_model_dir) -> str:
-    """The tiny model as a full-model Hub repo, so adapters trained on it name a Hub id."""
-    repo = f"{hub.user}/tiny-base"
-    hub.api.create_repo(repo)
-    hub.api.upload_folder(folder_path=str(tiny_model_dir), repo_id=repo)
-    return repo
+def online(hub_online):
+    yield
 
 
 @pytest.fixture(scope="module")

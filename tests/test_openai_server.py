@@ -22,18 +22,8 @@ MAX_TOKENS = 8
 
 
 @pytest.fixture(scope="module", autouse=True)
-def online(hub):
-    with hub.client(), pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "0")
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny_base(hub, tiny_model_dir) -> str:
-    repo = f"{hub.user}/tiny-base"
-    hub.api.create_repo(repo)
-    hub.api.upload_folder(folder_path=str(tiny_model_dir), repo_id=repo)
-    return repo
+def online(hub_online):
+    yield
 
 
 @pytest.fixture(scope="module")
