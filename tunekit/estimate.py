@@ -12,7 +12,7 @@ Units in :meth:`Estimate.table` are decimal (1 GB = 10**9 bytes), like the seed 
 Calibration (see ``tests/test_estimate.py`` and ``benchmarks/measure_peak.py``): the tensor
 accounting is mechanistic; three constants were fitted on this machine's CPU measurements of
 SmolLM2-135M and a tiny Llama with SmolLM2's 49k vocabulary (batch 4 x 128, fp32, AdamW):
-``_CPU_OVERHEAD_BYTES``, ``_CPU_HEAP_RETENTION``, ``_CPU_QLORA_LOAD_LEFTOVER`` and
+``_CPU_OVERHEAD_BYTES``, ``_CPU_HEAP_RETENTION`` and
 ``_EFFICIENCY``. Each says where it came from.
 """
 
@@ -56,11 +56,9 @@ _CPU_OVERHEAD_BYTES = 450_000_000
 # below); full 0.33 (its gradients reuse the holes, we keep 0.6 to stay on the safe side).
 # CUDA's caching allocator is modelled as exact.
 _CPU_HEAP_RETENTION = 0.6
-# A QLoRA process on CPU used to hold ~0.46 GB more RSS after loading SmolLM2 than a LoRA one:
-# quantising reads every page of the memory-mapped checkpoint, which stayed mapped while the
-# embeddings pointed into it. tunekit.models now copies those tensors out and the mapping
-# closes, so nothing is left over (kept as a named 0 so the accounting says so).
-_CPU_QLORA_LOAD_LEFTOVER = 0.0
+# No QLoRA loading leftover on CPU: quantising reads every page of the memory-mapped checkpoint
+# (~0.46 GB more RSS than LoRA on SmolLM2 while the embeddings pointed into it), but
+# tunekit.models copies those tensors out after loading and the mapping closes.
 # Achieved fraction of the matmul probe's FLOP/s in a real training step (kernels smaller than
 # 1024^2, elementwise ops, softmax over the vocabulary, optimizer). SmolLM2-135M, batch 4 x 128,
 # fp32 on this 2-core CPU (benchmarks/measure_peak.py): LoRA r16 all-linear 136 tokens/s and full
@@ -688,8 +686,6 @@ def estimate(
     overhead = _CUDA_OVERHEAD_BYTES if not on_cpu else _CPU_OVERHEAD_BYTES
     if on_cpu:
         overhead += int(_CPU_HEAP_RETENTION * layers_plain)
-        if method == "qlora":
-            overhead += int(_CPU_QLORA_LOAD_LEFTOVER * s.quantisable_params * a)
     total = weights + optimizer_bytes + dynamic + overhead
 
     # Throughput: matmul FLOPs per trained token. Forward is 2 FLOPs per weight; backward is 2

@@ -463,12 +463,3 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-def set_threads() -> None:
-    """Use every core for intra-op work (torch's default can leave cores idle in containers)."""
-    import torch
-
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
