@@ -63,12 +63,7 @@ class Options:
         """Build options from keywords, rejecting unknown names (with a suggestion) and checking
         every value; all problems are reported in one ConfigError."""
         names = [f.name for f in dataclasses.fields(cls)]
-        problems = []
-        for key in kwargs:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                problems.append(f"unknown option {key!r}{hint}")
+        problems = [f"unknown option {key!r}{_suggest(key, names)}" for key in kwargs if key not in names]
         if problems:
             raise ConfigError(problems)
         options = cls(**kwargs)
@@ -121,14 +116,14 @@ def _check_training_args(extra: Any) -> list[str]:
         return [f"training_args must be a dict of trl.SFTConfig arguments, got {type(extra).__name__}"]
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    problems = []
-    for key in extra:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(f"training_args: {key!r} is not a trl.SFTConfig argument{hint}")
-    return problems
+    known = [f.name for f in dataclasses.fields(SFTConfig)]
+    return [f"training_args: {key!r} is not a trl.SFTConfig argument{_suggest(key, known)}"
+            for key in extra if key not in known]
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def option_fields() -> list[dataclasses.Field]:
