@@ -72,13 +72,97 @@ def test_padding_free_batch_equals_padded_batch(tiny_model_dir, smol_tokenizer, 
 def test_training_keeps_the_fast_loss_and_fp32_adapters(tiny_model_dir, chat_rows, tmp_path, caplog):
     import tunekit
 
-    with caplog.at_level(logging.WARNING, logger="tunekit.trainer"):
+    with caplog.at_level(logging.DEBUG, logger="tunekit.trainer"):
         result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), method="qlora", output_dir=str(tmp_path / "r"),
                                   epochs=1, grad_accum=1, progress=False)
     assert "differs from the model's own loss" not in caplog.text
+    assert "one mask per distinct input" in caplog.text
     # TRL casts a quantized model's adapters to bf16; on CPU they must train (and be saved) in fp32.
     from safetensors import safe_open
 
     with safe_open(str(result.output_dir / "adapter_model.safetensors"), "pt") as f:
         dtypes = {f.get_tensor(k).dtype for k in f.keys()}
     assert dtypes == {torch.float32}
+
+
+def test_dropout_drops_at_rate_p_and_keeps_the_expectation():
+    from tunekit.trainer import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    y = dropout(x, 0.05)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.05) < 0.002  # 1e6 draws: the standard error is 0.0002
+    assert abs(float(y.detach().mean()) - 1.0) < 0.005
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - 3277)))
+    # The gradient flows through kept elements only, with the same scale.
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)
+    assert torch.allclose(x.grad[y != 0], kept)
+    # Different calls draw different masks; a seed makes them repeatable.
+    assert not torch.equal(dropout(x, 0.05) == 0, dropout(x, 0.05) == 0)
+    torch.manual_seed(1)
+    a = dropout(x, 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(x, 0.5))
+    assert dropout(x, 0.0) is x
+
+
+def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
+    from peft import get_peft_model
+
+    from tunekit.trainer import SharedDropout, share_lora_dropout
+
+    model = models.load_model(tiny_model_dir, where=models.placement("cpu"), quantize_4bit=False)
+    model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=0.3, target_modules="all-linear"))
+    n = sum(1 for m in model.modules() if hasattr(m, "lora_dropout"))
+    assert share_lora_dropout(model) == n > 0
+    attn = model.get_base_model().model.layers[0].self_attn
+    q, k, o = (attn.q_proj.lora_dropout["default"], attn.k_proj.lora_dropout["default"],
+               attn.o_proj.lora_dropout["default"])
+    assert isinstance(q, SharedDropout) and q.p == 0.3
+    model.train()
+    x = torch.randn(2, 5, attn.q_proj.in_features)
+    # q and k read the same hidden states: one mask; another tensor (o's input) gets its own.
+    assert q(x) is k(x)
+    other = x.clone()
+    assert not torch.equal(o(other) == 0, q(x) == 0)
+    # An in-place change makes the tensor a new input.
+    before = q(x)
+    x.mul_(2)
+    assert k(x) is not before
+    # Evaluation is deterministic and leaves inputs untouched.
+    model.eval()
+    assert q(x) is x
+    # The saved adapter config still says what the user asked for.
+    assert model.peft_config["default"].lora_dropout == 0.3
+
+
+def test_shared_dropout_is_recomputed_exactly_under_gradient_checkpointing(tiny_model_dir, smol_tokenizer, chat_rows):
+    """Checkpointing replays the forward in backward; the replay must draw the same masks, so the
+    gradients equal those of the run without checkpointing."""
+    from peft import get_peft_model
+
+    from tunekit.trainer import share_lora_dropout
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
+        _encoded(smol_tokenizer, chat_rows))
+    grads = []
+    for checkpointing in (False, True):
+        model = models.load_model(tiny_model_dir, where=models.placement("cpu"), quantize_4bit=False)
+        torch.manual_seed(0)
+        model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=0.3, target_modules="all-linear"))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        share_lora_dropout(model)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model.train()
+        torch.manual_seed(1)
+        trained_positions_loss(model, batch).backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
