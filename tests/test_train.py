@@ -91,3 +91,31 @@ def test_base_comparison_and_streaming(tiny_model_dir, chat_rows, tmp_path):
     assert isinstance(base_reply, str)
     ev = result.evaluate(chat_rows[:4])
     assert ev["rows"] == 4 and ev["loss"] > 0 and ev["tokens"] > 0
+
+
+def test_the_last_update_is_evaluated_and_can_be_the_best(tiny_model_dir, chat_rows, tmp_path):
+    """5 updates with evaluations every 2: the Trainer alone would score steps 2 and 4 only and
+    never consider the final weights."""
+    out = tmp_path / "run"
+    result = tunekit.finetune(chat_rows * 2, base=str(tiny_model_dir), method="lora", output_dir=str(out),
+                              eval_split=4, epochs=1, batch_size=4, grad_accum=1, eval_steps=2, early_stopping=0,
+                              lr=1e-3, progress=False)
+    assert result.metrics["steps"] == 5  # 20 train rows / batch 4
+    state = json.loads((out / "checkpoints" / "checkpoint-5" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "eval_loss" in h] == [0, 2, 4, 5]
+
+
+def test_default_evaluations_stay_within_a_tenth_of_the_training_compute():
+    from tunekit.train import _default_eval_steps
+
+    rows = lambda n: [{"input_ids": [1] * 60}] * n  # noqa: E731
+    # The usual 10% split: the start and four more (steps 7, 14, 21 and the last, 25).
+    assert _default_eval_steps(25, rows(180), rows(20), 2) == 7
+    # A small eval set: at most five after the start.
+    assert _default_eval_steps(25, rows(180), rows(5), 2) == 5
+    # 200 rows x 2 epochs with 40 eval rows: the start and two more (each eval = 40 forward passes
+    # against 1200 forward-equivalents of training).
+    assert _default_eval_steps(25, rows(200), rows(40), 2) == 13
+    # However large the eval set, the end of training is still scored once after the start.
+    assert _default_eval_steps(10, rows(10), rows(1000), 1) == 10
+    assert _default_eval_steps(25, rows(200), [], 2) == 5

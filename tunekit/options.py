@@ -45,7 +45,7 @@ class Options:
     use_dora: bool = _opt(False, "DoRA: weight-decomposed LoRA")
     use_rslora: bool = _opt(False, "rank-stabilised LoRA scaling (alpha/sqrt(r))")
     seed: int = _opt(42, "seed for the split, initialisation and data order")
-    eval_steps: int | None = _opt(None, "evaluate (and checkpoint) every N updates; default: about 5 times per run")
+    eval_steps: int | None = _opt(None, "evaluate (and checkpoint) every N updates; default: about 5 times per run, fewer when evaluating would cost over a tenth of the training compute")
     early_stopping: int = _opt(3, "stop after N evaluations without improvement of eval loss (0: never)")
     on_bad_rows: str = _opt("raise", "raise: stop and list bad rows; skip: drop them and report the count",
                             choices=("raise", "skip"))

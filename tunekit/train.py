@@ -263,7 +263,7 @@ class _Run:
         has_eval = len(eval_enc) > 0
         updates_per_epoch = math.ceil(len(train_enc) / (opts.batch_size * opts.grad_accum))
         total_updates = max(1, math.ceil(updates_per_epoch * opts.epochs))
-        eval_steps = opts.eval_steps or max(1, round(total_updates / 5))
+        eval_steps = opts.eval_steps or _default_eval_steps(total_updates, train_enc, eval_enc, opts.epochs)
         args: dict[str, Any] = dict(
             output_dir=str(out / "checkpoints"),
             num_train_epochs=opts.epochs,
@@ -370,6 +370,25 @@ def _choose_method(opts: Options, base_path: Path, train_enc: list[dict], where)
         "gradient_checkpointing": True if chosen.gradient_checkpointing and opts.gradient_checkpointing is None
         else opts.gradient_checkpointing,
     }
+
+
+# Evaluations may take up to this share of the training compute. An evaluation is one forward
+# pass over the eval set; a training pass is a forward and a backward (~3x a forward) per epoch.
+EVAL_BUDGET = 0.1
+MAX_EVALS = 5
+
+
+def _default_eval_steps(total_updates: int, train_enc: list[dict], eval_enc: list[dict], epochs: float) -> int:
+    """About five evaluations (and checkpoints) per run, fewer when the eval set is large next to
+    the training set: with 200 rows x 2 epochs and 40 eval rows, five evaluations plus the one on
+    start would cost a fifth of the run; the budget allows the start and two more."""
+    eval_tokens = sum(len(r["input_ids"]) for r in eval_enc)
+    if not eval_tokens:
+        return max(1, round(total_updates / MAX_EVALS))
+    train_cost = 3 * epochs * sum(len(r["input_ids"]) for r in train_enc)
+    affordable = math.floor(EVAL_BUDGET * train_cost / eval_tokens) - 1  # the first is the one on start
+    evals = min(MAX_EVALS, max(1, affordable))
+    return max(1, math.ceil(total_updates / evals))
 
 
 def _default_checkpointing(opts: Options, where) -> bool:

@@ -19,7 +19,7 @@ import logging
 import weakref
 
 import torch
-from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from trl import SFTTrainer
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,18 @@ def share_lora_dropout(model) -> int:
     return replaced
 
 
+class EvaluateLastStep(TrainerCallback):
+    """Evaluate and checkpoint after the last update too. With ``eval_strategy="steps"`` the
+    Trainer only evaluates on multiples of ``eval_steps``, so the updates after the last multiple
+    were never scored and ``load_best_model_at_end`` could not pick the final weights."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps and args.eval_strategy == "steps":
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
 class Trainer(SFTTrainer):
     """SFTTrainer with the trained-positions loss and compute-dtype adapters (see module doc)."""
 
@@ -161,6 +173,7 @@ class Trainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         # With tqdm disabled the Trainer prints every log dict; tunekit's own bar shows the losses.
         self.remove_callback(PrinterCallback)
+        self.add_callback(EvaluateLastStep())
         if compute_dtype is not None:
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
