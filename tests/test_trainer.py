@@ -54,6 +54,27 @@ def test_trained_positions_loss_equals_the_models_own_loss(method, tiny_model_di
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_chunked_loss_equals_the_whole_loss(method, tiny_model_dir, smol_tokenizer, chat_rows, monkeypatch):
+    from tunekit import trainer
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
+        _encoded(smol_tokenizer, chat_rows))
+    model = _model(tiny_model_dir, method)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(trainer, "LOSS_CHUNK_BYTES", 8 * 4 * vocab)  # 8 positions per chunk
+    assert int((batch["labels"] != -100).sum()) > 16  # several chunks, the last one partial
+    whole = trained_positions_loss(model, batch)
+    whole.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    chunked = trained_positions_loss(model, batch, chunked=True)
+    chunked.backward()
+    assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
 def test_padding_free_batch_equals_padded_batch(tiny_model_dir, smol_tokenizer, chat_rows):
     """Flattened rows must not attend to each other: same loss as a padded batch."""
     batch = _encoded(smol_tokenizer, chat_rows)
@@ -166,3 +187,61 @@ def test_shared_dropout_is_recomputed_exactly_under_gradient_checkpointing(tiny_
         grads.append([p.grad.clone() for p in model.parameters() if p.requires_grad])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_4bit_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir, monkeypatch, tmp_path):
+    """4-bit loading reads the checkpoint with pread (not memory-mapped) and gives the same model
+    as transformers' memory-mapped loading."""
+    import shutil
+
+    import safetensors
+
+    opened = []
+    real_open = safetensors.safe_open
+
+    def spy(*args, **kwargs):
+        opened.append(kwargs.get("backend"))
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(safetensors, "safe_open", spy)
+    where = models.placement("cpu")
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
+    unmapped = models.load_model(tiny_model_dir, where=where, quantize_4bit=True)
+    assert opened == ["pread"]
+    monkeypatch.setattr(safetensors, "safe_open", real_open)
+    # Sharded checkpoints are read from the index's files.
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_model_dir, sharded)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="1MB")
+    (sharded / "model.safetensors").unlink(missing_ok=True)
+    assert (sharded / "model.safetensors.index.json").exists()
+    from_shards = models.load_model(sharded, where=where, quantize_4bit=True)
+    monkeypatch.setattr(models, "_load_4bit_unmapped", lambda *a: None)
+    mapped = models.load_model(tiny_model_dir, where=where, quantize_4bit=True)
+    with torch.no_grad():
+        expected = mapped(ids).logits
+        assert torch.equal(unmapped(ids).logits, expected)
+        assert torch.equal(from_shards(ids).logits, expected)
+    assert unmapped.generation_config.eos_token_id == mapped.generation_config.eos_token_id
+    assert type(unmapped.model.layers[0].self_attn.q_proj.weight).__name__ == "Params4bit"
+
+
+def test_gradients_are_kept_and_zeroed_in_place(tiny_model_dir):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tunekit.trainer import KeepGradients
+
+    model = _model(tiny_model_dir, "lora")
+    KeepGradients().on_train_begin(TrainingArguments(output_dir="unused"), TrainerState(), TrainerControl(),
+                                   model=model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    buffers = [p.grad.data_ptr() for p in trainable]
+    model.train()
+    model(input_ids=torch.tensor([[1, 5, 9, 200]]), labels=torch.tensor([[1, 5, 9, 200]])).loss.backward()
+    assert any(p.grad.abs().sum() > 0 for p in trainable)
+    model.zero_grad()  # what the Trainer calls after each update
+    assert [p.grad.data_ptr() for p in trainable] == buffers
+    assert all(p.grad is not None and not p.grad.any() for p in trainable)
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)

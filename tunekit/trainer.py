@@ -15,6 +15,7 @@ the standard path (with a warning) if they differ, e.g. for models with logit so
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 
@@ -35,11 +36,23 @@ def causal_lm_of(model):
     return model
 
 
-def trained_positions_loss(model, inputs: dict, num_items_in_batch=None) -> torch.Tensor:
+def _cross_entropy_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+# Bytes of fp32 logits per chunk when the loss is chunked: a few MB instead of positions x vocab.
+LOSS_CHUNK_BYTES = 8 << 20
+
+
+def trained_positions_loss(model, inputs: dict, num_items_in_batch=None, *, chunked: bool = False) -> torch.Tensor:
     """Causal-LM cross-entropy evaluated only where ``labels`` are not -100.
 
     Equal to the model's own loss (sum over trained tokens divided by ``num_items_in_batch``, or
-    their mean), but the lm_head and softmax run on trained positions only.
+    their mean), but the lm_head and softmax run on trained positions only. With ``chunked``
+    (memory mode, alongside gradient checkpointing) the positions go through the lm_head a few at
+    a time and each chunk's logits are recomputed in backward, so at most one chunk's logits
+    exist at once: on SmolLM2's 49k vocabulary the full logits, their softmax and gradient were
+    the largest tensors of a QLoRA step.
     """
     lm = causal_lm_of(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
@@ -48,8 +61,15 @@ def trained_positions_loss(model, inputs: dict, num_items_in_batch=None) -> torc
     hidden = decoder(**model_inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][keep]).float()
-    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
+    hidden, targets = hidden[:, :-1][keep], targets[keep]
+    rows = max(8, LOSS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+    if chunked and torch.is_grad_enabled() and hidden.shape[0] > rows:
+        from torch.utils.checkpoint import checkpoint
+
+        loss = sum(checkpoint(_cross_entropy_sum, head, hidden[i:i + rows], targets[i:i + rows], use_reentrant=False)
+                   for i in range(0, hidden.shape[0], rows))
+    else:
+        loss = _cross_entropy_sum(head, hidden, targets)
     if num_items_in_batch is None:
         return loss / keep.sum().clamp(min=1)
     return loss / num_items_in_batch
@@ -166,6 +186,25 @@ class EvaluateLastStep(TrainerCallback):
         return control
 
 
+class KeepGradients(TrainerCallback):
+    """Allocate the trainable parameters' gradients once, before the first step, and zero them in
+    place after each update instead of freeing them (``zero_grad(set_to_none=False)``).
+
+    Freed each update, the gradients are re-allocated during every backward pass, between the
+    short-lived activations being freed; these small long-lived blocks pin the heap and glibc
+    cannot reuse or return the space around them. Measured on a QLoRA step on CPU: the resident
+    set grew ~75 MB more during backward than with gradients kept.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            return
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        model.zero_grad = functools.partial(type(model).zero_grad, model, set_to_none=False)
+
+
 class Trainer(SFTTrainer):
     """SFTTrainer with the trained-positions loss and compute-dtype adapters (see module doc)."""
 
@@ -174,6 +213,7 @@ class Trainer(SFTTrainer):
         # With tqdm disabled the Trainer prints every log dict; tunekit's own bar shows the losses.
         self.remove_callback(PrinterCallback)
         self.add_callback(EvaluateLastStep())
+        self.add_callback(KeepGradients())
         if compute_dtype is not None:
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
@@ -193,7 +233,7 @@ class Trainer(SFTTrainer):
             self._check_fast_loss(model, inputs, num_items_in_batch)
             if not self.fast_loss:
                 return self.compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = trained_positions_loss(model, inputs, num_items_in_batch)
+        loss = trained_positions_loss(model, inputs, num_items_in_batch, chunked=self.args.activation_checkpointing)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, {}) if return_outputs else loss
