@@ -119,3 +119,23 @@ def test_default_evaluations_stay_within_a_tenth_of_the_training_compute():
     # However large the eval set, the end of training is still scored once after the start.
     assert _default_eval_steps(10, rows(10), rows(1000), 1) == 10
     assert _default_eval_steps(25, rows(200), [], 2) == 5
+
+
+def test_small_data_sets_get_enough_updates():
+    from tunekit.methods import default_grad_accum
+
+    # 200 rows x 2 epochs at batch 4: 16-row updates would give 26; 4-row updates give 100.
+    assert default_grad_accum(200, 4, 2) == 1
+    assert default_grad_accum(400, 4, 2) == 2
+    assert default_grad_accum(1000, 4, 2) == 4  # large enough for the seeds' 16-row updates
+    assert default_grad_accum(20, 4, 1) == 1
+
+
+def test_an_explicit_grad_accum_is_kept_and_the_default_is_recorded(tiny_model_dir, chat_rows, tmp_path):
+    opts = dict(base=str(tiny_model_dir), method="lora", eval_split=0, epochs=1, progress=False)
+    auto = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "auto"), **opts)
+    assert json.loads((auto.output_dir / "tunekit.json").read_text())["options"]["grad_accum"] == 1
+    assert auto.metrics["steps"] == 3  # 12 rows / batch 4, one row group per update
+    given = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "given"), grad_accum=3, **opts)
+    assert json.loads((given.output_dir / "tunekit.json").read_text())["options"]["grad_accum"] == 3
+    assert given.metrics["steps"] == 1

@@ -6,6 +6,7 @@ matrices B·A with W' = W + (alpha/r)·B·A), the learning rate and the optimize
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 Method = Literal["full", "lora", "qlora"]
@@ -17,6 +18,22 @@ DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
 
 def default_lr(method: str) -> float:
     return DEFAULT_LR[method]
+
+
+# Updates a run should get before gradient accumulation is allowed to reduce them. Measured on the
+# order-extraction benchmark (200 rows x 2 epochs, lr 2e-4): 25 updates of 16 rows reached 0.175
+# exact match, the plain recipe's 100 updates of 4 rows 0.275.
+MIN_UPDATES = 100
+
+
+def default_grad_accum(rows: int, batch_size: int, epochs: float) -> int:
+    """The seeds' accumulation of 4 (16-row updates at batch 4), lowered to 2 or 1 while that
+    keeps a small data set above ``MIN_UPDATES`` optimizer updates. The compute per token is the
+    same; only how often the weights move changes."""
+    for accum in (4, 2):
+        if math.ceil(rows / (batch_size * accum)) * epochs >= MIN_UPDATES:
+            return accum
+    return 1
 
 
 def uses_peft(method: str) -> bool:

@@ -36,7 +36,8 @@ class Options:
     epochs: float = _opt(2.0, "passes over the training data (1-3 is typical)")
     lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full")
     batch_size: int = _opt(4, "examples per device step")
-    grad_accum: int = _opt(4, "steps whose gradients are summed before an update (effective batch = batch_size x grad_accum)")
+    grad_accum: int | None = _opt(None, "steps whose gradients are summed before an update (effective batch = batch_size x "
+                                        "grad_accum); default: 4, lowered to 2 or 1 so a small data set still gets ~100 updates")
     max_length: int = _opt(1024, "longest row in tokens; longer rows are reported as bad rows")
     r: int = _opt(16, "LoRA rank")
     alpha: int = _opt(32, "LoRA alpha (scale alpha/r); about 2r is typical")
@@ -77,8 +78,10 @@ class Options:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 problems.append(f"{f.name}={value!r} is not one of {', '.join(choices)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "max_length": self.max_length, "r": self.r, "alpha": self.alpha}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "max_length": self.max_length,
+                    "r": self.r, "alpha": self.alpha}
+        if self.grad_accum is not None:
+            positive["grad_accum"] = self.grad_accum
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive number, got {value!r}")

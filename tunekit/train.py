@@ -133,6 +133,9 @@ class _Run:
         if not train_enc:
             raise TrainingError("no training rows are left after validation; nothing to train on")
 
+        if opts.grad_accum is None:
+            opts = self.opts = dataclasses.replace(
+                opts, grad_accum=methods.default_grad_accum(len(train_enc), opts.batch_size, opts.epochs))
         where = models.placement(opts.device)
         choice = None
         if opts.method == "auto":
@@ -347,7 +350,8 @@ def _choose_method(opts: Options, base_path: Path, train_enc: list[dict], where)
         method, reason, ests = choose_method(
             str(base_path), n_examples=len(train_enc), device=where.device, dtype=str(where.dtype),
             # Batches are padding-free, so the longest row times the batch bounds a micro-batch.
-            seq_len=max(lengths), batch_size=opts.batch_size, grad_accum=opts.grad_accum, r=opts.r,
+            seq_len=max(lengths), batch_size=opts.batch_size, r=opts.r,
+            grad_accum=opts.grad_accum or methods.default_grad_accum(len(train_enc), opts.batch_size, opts.epochs),
             target_modules=opts.target_module_list(), lora_dropout=opts.dropout,
             gradient_checkpointing=opts.gradient_checkpointing, tokens_per_epoch=sum(lengths),
         )
