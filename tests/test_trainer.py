@@ -225,6 +225,7 @@ def test_4bit_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir, monke
         assert torch.equal(unmapped(ids).logits, expected)
         assert torch.equal(from_shards(ids).logits, expected)
     assert unmapped.generation_config.eos_token_id == mapped.generation_config.eos_token_id
+    assert unmapped.name_or_path == mapped.name_or_path == str(tiny_model_dir)
     assert type(unmapped.model.layers[0].self_attn.q_proj.weight).__name__ == "Params4bit"
 
 

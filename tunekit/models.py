@@ -336,6 +336,8 @@ def _load_4bit_unmapped(path, kwargs: dict):
             f = stack.enter_context(safe_open(str(file), framework="pt", device="cpu", backend="pread"))
             state_dict.update({k: f.get_slice(k) for k in f.keys()})
         model = cls.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
+    # What from_pretrained(path) records, and PEFT reads when saving an adapter.
+    model.config._name_or_path = model.name_or_path = str(path)
     if (path / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(path)
     return model
