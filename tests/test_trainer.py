@@ -19,13 +19,13 @@ def _encoded(tokenizer, chat_rows):
     return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[:4]]
 
 
-def _model(path, method):
+def _model(path, method, dropout=0.0):
     where = models.placement("cpu")
     model = models.load_model(path, where=where, quantize_4bit=method == "qlora")
     if methods.uses_peft(method):
         from peft import get_peft_model
 
-        model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=0.0, target_modules="all-linear"))
+        model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=dropout, target_modules="all-linear"))
         # LoRA's B starts at zero; give it weights so the adapter path matters in the comparison.
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -131,12 +131,9 @@ def test_dropout_drops_at_rate_p_and_keeps_the_expectation():
 
 
 def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
-    from peft import get_peft_model
-
     from tunekit.trainer import SharedDropout, share_lora_dropout
 
-    model = models.load_model(tiny_model_dir, where=models.placement("cpu"), quantize_4bit=False)
-    model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=0.3, target_modules="all-linear"))
+    model = _model(tiny_model_dir, "lora", dropout=0.3)
     n = sum(1 for m in model.modules() if hasattr(m, "lora_dropout"))
     assert share_lora_dropout(model) == n > 0
     attn = model.get_base_model().model.layers[0].self_attn
@@ -163,20 +160,14 @@ def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
 def test_shared_dropout_is_recomputed_exactly_under_gradient_checkpointing(tiny_model_dir, smol_tokenizer, chat_rows):
     """Checkpointing replays the forward in backward; the replay must draw the same masks, so the
     gradients equal those of the run without checkpointing."""
-    from peft import get_peft_model
-
     from tunekit.trainer import share_lora_dropout
 
     batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
         _encoded(smol_tokenizer, chat_rows))
     grads = []
     for checkpointing in (False, True):
-        model = models.load_model(tiny_model_dir, where=models.placement("cpu"), quantize_4bit=False)
-        torch.manual_seed(0)
-        model = get_peft_model(model, methods.lora_config(r=4, alpha=8, dropout=0.3, target_modules="all-linear"))
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02)
+        torch.manual_seed(0)  # the same LoRA initialisation both times
+        model = _model(tiny_model_dir, "lora", dropout=0.3)
         share_lora_dropout(model)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -320,18 +320,15 @@ def compare(
         raise ConfigError(problems)
     opts = Options.from_kwargs({**options, "method": methods[0]})
 
+    from .train import _quiet_libraries, with_grad_accum
+
     out = _output_dir(output_dir, base)
     train_path, eval_path, n_train, n_eval, encoded, eval_rows = _prepare_data(data, eval_data, opts, out)
-    if opts.grad_accum is None:
-        from .methods import default_grad_accum
-
-        opts = dataclasses.replace(opts, grad_accum=default_grad_accum(n_train, opts.batch_size, opts.epochs))
+    opts = with_grad_accum(opts, n_train)
     base_name, estimates, where = _estimates(opts, methods, encoded)
     # The split is done: each child reads exactly the rows written to out/data/.
     child_options = {**options, "eval_split": 0, "eval_data": str(eval_path) if eval_path else None,
                      "grad_accum": opts.grad_accum}
-
-    from .train import _quiet_libraries
 
     rows = []
     for i, m in enumerate(methods, 1):

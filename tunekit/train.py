@@ -133,9 +133,7 @@ class _Run:
         if not train_enc:
             raise TrainingError("no training rows are left after validation; nothing to train on")
 
-        if opts.grad_accum is None:
-            opts = self.opts = dataclasses.replace(
-                opts, grad_accum=methods.default_grad_accum(len(train_enc), opts.batch_size, opts.epochs))
+        opts = self.opts = with_grad_accum(opts, len(train_enc))
         where = models.placement(opts.device)
         choice = None
         if opts.method == "auto":
@@ -335,6 +333,14 @@ class _Run:
         )
 
 
+def with_grad_accum(opts: Options, train_rows: int) -> Options:
+    """``opts`` with ``grad_accum`` decided: the user's value, else :func:`methods.default_grad_accum`
+    for this many training rows."""
+    if opts.grad_accum is not None:
+        return opts
+    return dataclasses.replace(opts, grad_accum=methods.default_grad_accum(train_rows, opts.batch_size, opts.epochs))
+
+
 def _choose_method(opts: Options, base_path: Path, train_enc: list[dict], where) -> dict[str, Any]:
     """Resolve ``method="auto"`` with :func:`tunekit.estimate.choose_method` from the base's
     config, the encoded rows and the device's free memory, and log the reason in one line.
@@ -351,7 +357,7 @@ def _choose_method(opts: Options, base_path: Path, train_enc: list[dict], where)
             str(base_path), n_examples=len(train_enc), device=where.device, dtype=str(where.dtype),
             # Batches are padding-free, so the longest row times the batch bounds a micro-batch.
             seq_len=max(lengths), batch_size=opts.batch_size, r=opts.r,
-            grad_accum=opts.grad_accum or methods.default_grad_accum(len(train_enc), opts.batch_size, opts.epochs),
+            grad_accum=with_grad_accum(opts, len(train_enc)).grad_accum,
             target_modules=opts.target_module_list(), lora_dropout=opts.dropout,
             gradient_checkpointing=opts.gradient_checkpointing, tokens_per_epoch=sum(lengths),
         )
