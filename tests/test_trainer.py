@@ -107,7 +107,7 @@ def test_training_keeps_the_fast_loss_and_fp32_adapters(tiny_model_dir, chat_row
 
 
 def test_dropout_drops_at_rate_p_and_keeps_the_expectation():
-    from tunekit.trainer import dropout
+    from tunekit.fastpath import dropout
 
     torch.manual_seed(0)
     x = torch.ones(1000, 1000, requires_grad=True)
@@ -131,11 +131,11 @@ def test_dropout_drops_at_rate_p_and_keeps_the_expectation():
 
 
 def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
-    from tunekit.trainer import SharedDropout, share_lora_dropout
+    from tunekit.fastpath import SharedDropout, fuse_lora_layers
 
     model = _model(tiny_model_dir, "lora", dropout=0.3)
     n = sum(1 for m in model.modules() if hasattr(m, "lora_dropout"))
-    assert share_lora_dropout(model) == n > 0
+    assert fuse_lora_layers(model) == {"dropouts": n, "layers": n} and n > 0
     attn = model.get_base_model().model.layers[0].self_attn
     q, k, o = (attn.q_proj.lora_dropout["default"], attn.k_proj.lora_dropout["default"],
                attn.o_proj.lora_dropout["default"])
@@ -143,13 +143,13 @@ def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
     model.train()
     x = torch.randn(2, 5, attn.q_proj.in_features)
     # q and k read the same hidden states: one mask; another tensor (o's input) gets its own.
-    assert q(x) is k(x)
+    assert q.masked(x)[0] is k.masked(x)[0] and torch.equal(q(x), k(x))
     other = x.clone()
     assert not torch.equal(o(other) == 0, q(x) == 0)
     # An in-place change makes the tensor a new input.
-    before = q(x)
+    before = q.masked(x)[0]
     x.mul_(2)
-    assert k(x) is not before
+    assert k.masked(x)[0] is not before
     # Evaluation is deterministic and leaves inputs untouched.
     model.eval()
     assert q(x) is x
@@ -160,7 +160,7 @@ def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):
 def test_shared_dropout_is_recomputed_exactly_under_gradient_checkpointing(tiny_model_dir, smol_tokenizer, chat_rows):
     """Checkpointing replays the forward in backward; the replay must draw the same masks, so the
     gradients equal those of the run without checkpointing."""
-    from tunekit.trainer import share_lora_dropout
+    from tunekit.fastpath import fuse_lora_layers
 
     batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
         _encoded(smol_tokenizer, chat_rows))
@@ -168,7 +168,7 @@ def test_shared_dropout_is_recomputed_exactly_under_gradient_checkpointing(tiny_
     for checkpointing in (False, True):
         torch.manual_seed(0)  # the same LoRA initialisation both times
         model = _model(tiny_model_dir, "lora", dropout=0.3)
-        share_lora_dropout(model)
+        fuse_lora_layers(model)
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
@@ -237,3 +237,100 @@ def test_gradients_are_kept_and_zeroed_in_place(tiny_model_dir):
     assert [p.grad.data_ptr() for p in trainable] == buffers
     assert all(p.grad is not None and not p.grad.any() for p in trainable)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+
+
+def _loss_and_grads(model, batch, seed=1):
+    model.zero_grad()
+    torch.manual_seed(seed)
+    loss = trained_positions_loss(model, batch)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_fused_lora_forward_equals_pefts(method, dropout, tiny_model_dir, smol_tokenizer, chat_rows):
+    """The fused forward (one addmm, dropout's scale in its alpha) gives PEFT's loss and gradients,
+    with the same dropout masks drawn."""
+    from tunekit.fastpath import FusedForward, fuse_lora_layers
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
+        _encoded(smol_tokenizer, chat_rows))
+    torch.manual_seed(0)
+    model = _model(tiny_model_dir, method, dropout=dropout)
+    counts = fuse_lora_layers(model)
+    fused_layers = [m for m in model.modules() if isinstance(m, FusedForward)]
+    assert counts["layers"] == len(fused_layers) == 14  # 2 layers x 7 linears
+    model.train()
+    fused, fused_grads = _loss_and_grads(model, batch)
+    for m in fused_layers:  # back to PEFT's own class and forward, the SharedDropouts kept
+        m.__class__ = type(m).__bases__[1]
+    reference, grads = _loss_and_grads(model, batch)
+    assert not any(isinstance(m, FusedForward) for m in model.modules())
+    assert torch.allclose(fused, reference, rtol=1e-5, atol=1e-6)
+    for a, b in zip(fused_grads, grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # A different mask gives a different loss: the dropout really is applied in the fused path.
+    if dropout:
+        assert not torch.allclose(_loss_and_grads(model, batch, seed=2)[0], reference)
+
+
+def test_fused_lora_forward_leaves_other_cases_to_peft(tiny_model_dir):
+    from tunekit.fastpath import fuse_lora_layers
+
+    model = _model(tiny_model_dir, "lora")
+    fuse_lora_layers(model)
+    q = model.get_base_model().model.layers[0].self_attn.q_proj
+    x = torch.randn(1, 3, q.in_features)
+    with torch.no_grad():
+        with_adapter = q(x)
+        with model.disable_adapter():  # disabled adapters: the base layer alone
+            assert torch.equal(q(x), q.base_layer(x))
+        model.merge_adapter()  # merged weights: PEFT's path, same result
+        assert torch.allclose(q(x), with_adapter, atol=1e-5)
+        model.unmerge_adapter()
+    assert q._fusable_adapter(x, (), {}) == "default"
+    assert q._fusable_adapter(x, (), {"adapter_names": ["default"]}) is None
+    assert q._fusable_adapter(x.double(), (), {}) is None
+
+
+def test_attention_within_rows_equals_masked_sdpa(tiny_model_dir, smol_tokenizer, chat_rows, monkeypatch):
+    """Padding-free rows attend within themselves: the same loss and gradients as SDPA with the
+    block-diagonal mask transformers builds, one SDPA call per row, the setting restored after."""
+    from tunekit import fastpath
+
+    batch = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id, padding_free=True)(
+        _encoded(smol_tokenizer, chat_rows))
+    rows = len(batch["cu_seq_lens_q"]) - 1
+    assert rows == 4
+    model = _model(tiny_model_dir, "lora")
+    reference, grads = _loss_and_grads(model, batch)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(k.get("is_causal")) or sdpa(*a, **k))
+    with fastpath.attention_within_rows(model) as active:
+        assert active and model.config._attn_implementation == fastpath.PACKED_ATTENTION
+        packed, packed_grads = _loss_and_grads(model, batch)
+    assert model.config._attn_implementation == "sdpa"
+    assert calls == [True] * rows * 2  # 2 layers, each row causal on its own, no mask
+    assert torch.allclose(packed, reference, rtol=1e-5, atol=1e-6)
+    for a, b in zip(packed_grads, grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_within_rows_keeps_padded_generation(tiny_model_dir, smol_tokenizer):
+    """Without row boundaries (generation, padded batches) it is transformers' SDPA, masks included."""
+    from tunekit import fastpath
+
+    model = _model(tiny_model_dir, "lora").eval()
+    smol_tokenizer.padding_side = "left"
+    enc = smol_tokenizer(["Hello there, how are", "Hi"], return_tensors="pt", padding=True)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=smol_tokenizer.pad_token_id)
+    expected = model.generate(**enc, **kwargs)
+    with fastpath.attention_within_rows(model):
+        assert torch.equal(model.generate(**enc, **kwargs), expected)
+    # A model on another attention implementation is left alone.
+    model.config._attn_implementation = "eager"
+    with fastpath.attention_within_rows(model) as active:
+        assert not active and model.config._attn_implementation == "eager"

@@ -5,9 +5,8 @@
   lm_head is a quarter of the forward FLOPs and most positions of a chat row are prompt.
 - Trainable parameters stay in the compute dtype (TRL casts a quantized model's adapters to bf16,
   which is ~100x slower than fp32 on CPU).
-- LoRA dropout draws one mask per distinct input instead of one per adapted layer (q, k and v
-  read the same hidden states; so do gate and up), from 16 random bits per element rather than
-  ``bernoulli_`` (see :class:`SharedDropout`).
+- LoRA layers run a fused forward with one dropout mask per distinct input, and padding-free
+  batches attend within each row (:mod:`tunekit.fastpath`).
 
 The fast loss checks itself against the model's own loss on the first batch and falls back to
 the standard path (with a warning) if they differ, e.g. for models with logit soft-capping.
@@ -15,13 +14,15 @@ the standard path (with a warning) if they differ, e.g. for models with logit so
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import weakref
 
 import torch
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from trl import SFTTrainer
+
+from .fastpath import attention_within_rows, fuse_lora_layers
 
 log = logging.getLogger(__name__)
 
@@ -75,105 +76,6 @@ def trained_positions_loss(model, inputs: dict, num_items_in_batch=None, *, chun
     return loss / num_items_in_batch
 
 
-class _LastDropout:
-    """The last input a :class:`SharedDropout` saw and its dropped-out copy (one per model)."""
-
-    __slots__ = ("ref", "version", "p", "out")
-
-    def __init__(self):
-        self.clear()
-
-    def clear(self) -> None:
-        self.ref = self.version = self.p = self.out = None
-
-    # A weakref cannot be pickled or deep-copied; the cache is only valid inside one forward anyway.
-    def __getstate__(self):
-        return None
-
-    def __setstate__(self, state):
-        self.clear()
-
-    def __deepcopy__(self, memo):
-        return _LastDropout()
-
-
-class _MaskedScale(torch.autograd.Function):
-    """``x * keep * scale`` saving the boolean mask (1 byte per element) for backward."""
-
-    @staticmethod
-    def forward(ctx, x, keep, scale):
-        ctx.save_for_backward(keep)
-        ctx.scale = scale
-        return x.mul(keep).mul_(scale)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None, None
-
-
-def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout with a mask made from 16 random bits per element.
-
-    ``bernoulli_`` costs ~9 ns per element on this CPU (a fifth of a LoRA step); one 64-bit draw
-    gives four 16-bit lanes for ~1 ns each. The drop probability is rounded to a multiple of
-    1/65536 (0.05 -> 0.0500031) and the scale uses the rounded value, so the expectation is exact.
-    """
-    drops = round(p * 65536)
-    if drops == 0:
-        return x
-    n = x.numel()
-    lanes = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-    keep = lanes.view(torch.int16)[:n].view(x.shape) >= drops - 32768  # int16 spans [-32768, 32767]
-    return _MaskedScale.apply(x, keep, 65536 / (65536 - drops))
-
-
-class SharedDropout(torch.nn.Module):
-    """LoRA dropout that reuses the mask when the next adapted layer reads the same tensor.
-
-    PEFT gives every adapted linear its own ``nn.Dropout``, so the attention's q, k and v (and
-    the MLP's gate and up) each draw a mask over the same hidden states: 7 masks per decoder layer
-    where 4 distinct inputs exist. Sharing one mask per input is what PEFT already does for models
-    with a fused qkv projection; each adapter still sees its input dropped at rate ``p``.
-    """
-
-    def __init__(self, p: float, last: _LastDropout):
-        super().__init__()
-        self.p = p
-        self.last = last
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            self.last.clear()
-            return x
-        last = self.last
-        if last.ref is not None and last.ref() is x and last.version == x._version and last.p == self.p:
-            return last.out
-        out = dropout(x, self.p)
-        last.ref, last.version, last.p, last.out = weakref.ref(x), x._version, self.p, out
-        return out
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}, shared"
-
-
-def share_lora_dropout(model) -> int:
-    """Replace the ``nn.Dropout`` of every LoRA layer in ``model`` by a :class:`SharedDropout`
-    (in place; adapters, configs and saved files are unchanged). Returns how many were replaced."""
-    last = _LastDropout()
-    replaced = 0
-    for module in model.modules():
-        drops = getattr(module, "lora_dropout", None)
-        if not isinstance(drops, torch.nn.ModuleDict):
-            continue
-        for name, d in drops.items():
-            if type(d) is torch.nn.Dropout and d.p > 0:
-                drops[name] = SharedDropout(d.p, last)
-                drops[name].train(d.training)
-                replaced += 1
-    return replaced
-
-
 class EvaluateLastStep(TrainerCallback):
     """Evaluate and checkpoint after the last update too. With ``eval_strategy="steps"`` the
     Trainer only evaluates on multiples of ``eval_steps``, so the updates after the last multiple
@@ -218,12 +120,28 @@ class Trainer(SFTTrainer):
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
                     p.data = p.data.to(compute_dtype)
-        shared = share_lora_dropout(self.model)
-        if shared:
-            log.debug("LoRA dropout: one mask per distinct input across %d adapted layers", shared)
+        fused = fuse_lora_layers(self.model)
+        if fused["layers"] or fused["dropouts"]:
+            log.debug("LoRA: fused forward in %d layers; dropout: one mask per distinct input across %d",
+                      fused["layers"], fused["dropouts"])
         # Calling the decoder directly would bypass DistributedDataParallel's forward.
         self.fast_loss = fast_loss and self.accelerator.num_processes == 1
         self._fast_loss_checked = False
+
+    def _attention(self):
+        # Padding-free batches (TRL adds the rows' boundaries) attend within each row; with the
+        # standard loss path the model's own forward must see its own setting.
+        if self.fast_loss and self.args.padding_free:
+            return attention_within_rows(self.model)
+        return contextlib.nullcontext()
+
+    def train(self, *args, **kwargs):
+        with self._attention():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._attention():
+            return super().evaluate(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self.fast_loss:

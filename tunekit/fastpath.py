@@ -1,0 +1,281 @@
+"""Cheaper equivalents of three per-layer costs of a LoRA training step, with the same results.
+
+Measured on a 2-core CPU with SmolLM2-135M (docs/performance.md), where these costs came next
+after the matmuls:
+
+- **LoRA dropout** (:class:`SharedDropout`): PEFT gives every adapted linear its own
+  ``nn.Dropout``, so q, k and v (and gate and up) each draw a mask over the same hidden states,
+  and ``bernoulli_`` and boolean masks are slow here. One mask per distinct input, made as a
+  0/1 float tensor from 16 random bits per element.
+- **The LoRA branch** (:class:`FusedForward`): PEFT computes ``result + B(A(drop(x))) *
+  scaling`` with a separate scale, multiply and add over the layer's whole output (and their
+  backward). Here it is one ``addmm`` with the scaling (and dropout's ``1/(1-p)``) as its
+  ``alpha``, applied to the small rank-r product.
+- **Attention over flattened rows** (:func:`packed_attention`): padding-free batches carry the
+  rows' boundaries (``cu_seq_lens_q``); SDPA with a block-diagonal mask computes every row
+  against every other and then masks, and cannot use grouped-query attention with a mask on CPU.
+  Attending within each row (``is_causal``) does a quarter of the work for four rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+# --- dropout ---------------------------------------------------------------------------------
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    """A 0/1 keep-mask shaped like ``x`` (in its dtype) and the scale ``1/(1-p')``.
+
+    ``bernoulli_`` costs ~9 ns per element on this CPU; one 64-bit draw gives four 16-bit lanes.
+    The drop probability is rounded to a multiple of 1/65536 (0.05 -> 0.0500031) and the scale
+    uses the rounded value, so the expectation is exact. The mask is made with float arithmetic
+    (``clamp(r - t + 1, 0, 1)`` is 1 exactly when the integer lane ``r >= t``) because boolean
+    masks are ~8x slower to apply here than a float multiply.
+    """
+    drops = round(p * 65536)
+    n = x.numel()
+    lanes = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+    lanes = lanes.view(torch.int16)[:n].view(x.shape)  # int16 spans [-32768, 32767]
+    # Exact in fp32 (a 16-bit float cannot hold every lane); 0 and 1 are exact in any dtype.
+    keep = lanes.to(torch.float32).add_(32768 - drops + 1).clamp_(0, 1)  # 1 where lane >= drops - 32768
+    return keep.to(x.dtype), 65536 / (65536 - drops)
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout (``x * mask / (1 - p)``) with :func:`dropout_mask`."""
+    if round(p * 65536) == 0:
+        return x
+    keep, scale = dropout_mask(x, p)
+    return x * keep * scale
+
+
+class _LastDropout:
+    """The last input a :class:`SharedDropout` saw and its masked copy (one per model)."""
+
+    __slots__ = ("ref", "version", "p", "masked", "scale")
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.ref = self.version = self.p = self.masked = None
+        self.scale = 1.0
+
+    # A weakref cannot be pickled or deep-copied; the cache is only valid inside one forward anyway.
+    def __getstate__(self):
+        return None
+
+    def __setstate__(self, state):
+        self.clear()
+
+    def __deepcopy__(self, memo):
+        return _LastDropout()
+
+
+class SharedDropout(torch.nn.Module):
+    """LoRA dropout that reuses the mask when the next adapted layer reads the same tensor.
+
+    Sharing one mask per input is what PEFT already does for models with a fused qkv projection;
+    each adapter still sees its input dropped at rate ``p``. :meth:`masked` returns the input
+    with dropped elements zeroed and the scale separately, so :class:`FusedForward` can fold
+    the scale into its ``addmm``; calling the module returns the scaled input like ``nn.Dropout``.
+    """
+
+    def __init__(self, p: float, last: _LastDropout):
+        super().__init__()
+        self.p = p
+        self.last = last
+
+    def masked(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``(x * keep, 1/(1-p))``; ``(x, 1.0)`` in eval mode."""
+        if not self.training or round(self.p * 65536) == 0:
+            self.last.clear()
+            return x, 1.0
+        last = self.last
+        if last.ref is not None and last.ref() is x and last.version == x._version and last.p == self.p:
+            return last.masked, last.scale
+        keep, scale = dropout_mask(x, self.p)
+        masked = x * keep
+        last.ref, last.version, last.p, last.masked, last.scale = weakref.ref(x), x._version, self.p, masked, scale
+        return masked, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        masked, scale = self.masked(x)
+        return masked if scale == 1.0 else masked * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, shared"
+
+
+# --- the LoRA branch -------------------------------------------------------------------------
+
+
+class FusedForward:
+    """Mixed into PEFT's LoRA linear classes: the vanilla single-adapter forward as
+    ``addmm(base(x), A·drop(x), Bᵀ, alpha=scaling/(1-p))``. Anything else (merged weights,
+    several or mixed adapters, DoRA and other variants, LoRA bias, autocast, mixed dtypes) goes
+    to PEFT's own forward."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self._fusable_adapter(x, args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        result = self.base_layer(x)
+        if result.dtype != x.dtype:
+            return super().forward(x, *args, **kwargs)
+        drop = self.lora_dropout[name]
+        if isinstance(drop, SharedDropout):
+            masked, scale = drop.masked(x)
+        else:
+            masked, scale = drop(x), 1.0
+        h = F.linear(masked, self.lora_A[name].weight)
+        out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]),
+                          self.lora_B[name].weight.t(), alpha=self.scaling[name] * scale)
+        return out.view(result.shape)
+
+    def _fusable_adapter(self, x, args, kwargs) -> str | None:
+        if args or kwargs or self.disable_adapters or self.merged:
+            return None
+        active = self.active_adapters
+        if len(active) != 1:
+            return None
+        name = active[0]
+        if (name not in self.lora_A or name in getattr(self, "lora_variant", {})
+                or getattr(self, "lora_bias", {}).get(name, False)):
+            return None
+        a, b = self.lora_A[name], self.lora_B[name]
+        if type(a) is not torch.nn.Linear or type(b) is not torch.nn.Linear:
+            return None
+        if x.dtype != a.weight.dtype or torch.is_autocast_enabled(x.device.type):
+            return None
+        return name
+
+
+def _fusable_classes() -> tuple[type, ...]:
+    """PEFT's LoRA linear classes whose forward :class:`FusedForward` reproduces."""
+    from peft.tuners.lora import layer
+
+    classes = [layer.Linear]
+    try:
+        from peft.tuners.lora.bnb import Linear4bit
+    except ImportError:  # bitsandbytes missing: no 4-bit layers to fuse
+        pass
+    else:
+        classes.append(Linear4bit)
+    return tuple(classes)
+
+
+_FUSED: dict[type, type] = {}
+
+
+def fused_class(cls: type) -> type:
+    """``cls`` with :class:`FusedForward` mixed in (one class per PEFT class, kept as a module
+    attribute so models holding it can be pickled in this process)."""
+    if cls not in _FUSED:
+        name = f"Fused{cls.__name__}"
+        _FUSED[cls] = globals()[name] = type(name, (FusedForward, cls), {"__module__": __name__,
+                                                                         "__qualname__": name})
+    return _FUSED[cls]
+
+
+def fuse_lora_layers(model) -> dict[str, int]:
+    """Give every LoRA linear of ``model`` the fused forward and a :class:`SharedDropout` (in
+    place; parameters, adapter configs and saved files are unchanged).
+
+    Returns:
+        ``{"dropouts": n, "layers": m}``: dropouts replaced and layers given the fused forward.
+    """
+    fusable = _fusable_classes()
+    last = _LastDropout()
+    counts = {"dropouts": 0, "layers": 0}
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, d in drops.items():
+                if type(d) is torch.nn.Dropout and d.p > 0:
+                    drops[name] = SharedDropout(d.p, last)
+                    drops[name].train(d.training)
+                    counts["dropouts"] += 1
+        # The exact classes only: a subclass may have changed the forward this reproduces.
+        if type(module) in fusable:
+            module.__class__ = fused_class(type(module))
+            counts["layers"] += 1
+    return counts
+
+
+# --- attention within rows -------------------------------------------------------------------
+
+PACKED_ATTENTION = "tunekit_packed_sdpa"
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: SDPA within each row of a flattened (padding-free) batch.
+
+    Used when the batch carries ``cu_seq_lens_q`` (TRL's padding-free collator adds the rows'
+    boundaries) and nothing else shapes the scores; otherwise it is transformers' own SDPA, with
+    the mask transformers built for it (the block-diagonal one included).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    plain = (bounds is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
+             and getattr(module, "is_causal", True) and getattr(module, "sliding_window", None) is None
+             and not any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "sinks",
+                                                             "position_bias")))
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    lengths = _row_lengths(bounds)
+    if sum(lengths) != query.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    # split (not slicing): its backward is one concatenation, not a zero-filled copy per row.
+    rows = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
+            for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
+    return torch.cat(rows, 2).transpose(1, 2).contiguous(), None
+
+
+# Every layer receives the same boundaries tensor; reading it once per forward, not once per
+# layer, saves a device synchronisation per layer on a GPU.
+_last_bounds: list = [None, None]
+
+
+def _row_lengths(bounds: torch.Tensor) -> list[int]:
+    ref, lengths = _last_bounds
+    if ref is None or ref() is not bounds:
+        lengths = bounds.diff().tolist()
+        _last_bounds[:] = [weakref.ref(bounds), lengths]
+    return lengths
+
+
+def _register_packed_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    # Masks are built exactly as for SDPA, which packed_attention falls back to.
+    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def attention_within_rows(model):
+    """While inside, a model using transformers' SDPA attends within each row of padding-free
+    batches (:func:`packed_attention`); other models are left alone. The model's setting is
+    restored on exit."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+        yield False
+        return
+    _register_packed_attention()
+    config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield True
+    finally:
+        config._attn_implementation = "sdpa"
+
