@@ -45,10 +45,12 @@ def quantized(method: str) -> bool:
 
 
 def optimizer_name(method: str, *, cuda: bool) -> str:
-    """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU."""
+    """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU.
+    Otherwise the fused AdamW kernel (transformers' own default since torch 2.8): one pass over
+    all parameters instead of a dozen, ~6x faster than the foreach version on CPU."""
     if method == "qlora" and cuda:
         return "paged_adamw_32bit"
-    return "adamw_torch"
+    return "adamw_torch_fused"
 
 
 def default_gradient_checkpointing(method: str, *, cuda: bool) -> bool:
