@@ -106,6 +106,7 @@ def measure(
     vocab = model.config.vocab_size if hasattr(model, "config") else model.base_model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     loaded = _rss_bytes()
+    load_peak = _rss_bytes("VmHWM")
     reset_ok = _reset_peak()
     times, losses = [], []
     for _ in range(steps):
@@ -131,7 +132,10 @@ def measure(
         "gradient_checkpointing": gradient_checkpointing,
         "threads": torch.get_num_threads(),
         "params_trainable": n_trainable,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child of a large parent (a pytest
+        # process that has loaded models) would report the parent's size.
+        "peak_rss_bytes": max(load_peak, train_peak) if load_peak and train_peak
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "train_peak_rss_bytes": train_peak,
         "baseline_rss_bytes": baseline,
         "loaded_rss_bytes": loaded,

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,9 @@ def _rows(name: str, n: int | None) -> list[dict]:
 
 
 def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from tunekit.train import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _exact_match(answers: list[str], rows: list[dict]) -> float:

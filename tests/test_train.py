@@ -139,3 +139,21 @@ def test_an_explicit_grad_accum_is_kept_and_the_default_is_recorded(tiny_model_d
     given = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "given"), grad_accum=3, **opts)
     assert json.loads((given.output_dir / "tunekit.json").read_text())["options"]["grad_accum"] == 3
     assert given.metrics["steps"] == 1
+
+
+def test_peak_rss_is_the_processs_own_not_its_parents():
+    """ru_maxrss survives exec: a child started from a large process (compare's runs, benchmark
+    children, a pytest process that has loaded models) would report the parent's size."""
+    import subprocess
+    import sys
+
+    from tunekit.train import peak_rss_bytes
+
+    ballast = bytearray(600 << 20)  # touched: 600 MB resident in this (parent) process
+    assert peak_rss_bytes() > 600 << 20
+    code = ("import resource; from tunekit.train import peak_rss_bytes; "
+            "print(peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    own, inherited = int(out[0]), int(out[1])
+    del ballast
+    assert own < 300 << 20 < 600 << 20 < inherited

@@ -458,10 +458,26 @@ def _peak_memory(where) -> dict[str, Any]:
         import torch
 
         return {"peak_memory_bytes": int(torch.cuda.max_memory_allocated()), "peak_memory_kind": "cuda_max_allocated"}
+    return {"peak_memory_bytes": peak_rss_bytes(), "peak_memory_kind": "rss"}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it started its program.
+
+    Linux's ``VmHWM`` when readable: ``ru_maxrss`` survives ``exec``, so a child started from a
+    large parent (compare's spawned runs, a benchmark's children) would report the parent's size
+    at the fork instead of its own peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
-    # Linux reports ru_maxrss in KiB: the peak resident set of this process so far.
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "rss"}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _last_checkpoint(out: Path) -> Path | None:
