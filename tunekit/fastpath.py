@@ -227,11 +227,8 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
              and getattr(module, "is_causal", True) and getattr(module, "sliding_window", None) is None
              and not any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "sinks",
                                                              "position_bias")))
-    if not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    lengths = _row_lengths(bounds)
-    if sum(lengths) != query.shape[2]:
+    lengths = _row_lengths(bounds) if plain else None
+    if lengths is None or sum(lengths) != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
