@@ -12,7 +12,8 @@ tokens, no padding) so the numbers measure the model and method, not a trainer's
 (``tunekit.models.embedded_model_dir()``, converted once).
 
 Fields of the JSON:
-    peak_rss_bytes: ``ru_maxrss`` of the whole process, loading included (what the OS must hold).
+    peak_rss_bytes: the whole process's peak, loading included (what the OS must hold), from
+        ``tunekit.train.peak_rss_bytes`` (``VmHWM``: ``ru_maxrss`` would include a large parent's size).
     train_peak_rss_bytes: the high-water mark of the training steps alone (``VmHWM`` after
         resetting it through ``/proc/self/clear_refs``); null where the kernel refuses the reset.
     baseline_rss_bytes: RSS after the imports, before the model is loaded.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import resource
 import statistics
 import sys
 import time
@@ -86,6 +86,8 @@ def measure(
     import torch
     import transformers  # noqa: F401  (imported before the baseline so it counts as overhead)
 
+    from tunekit.train import peak_rss_bytes
+
     if method != "full":
         import peft  # noqa: F401
     if method == "qlora":
@@ -106,7 +108,7 @@ def measure(
     vocab = model.config.vocab_size if hasattr(model, "config") else model.base_model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     loaded = _rss_bytes()
-    load_peak = _rss_bytes("VmHWM")
+    load_peak = peak_rss_bytes()  # before the reset below clears the high-water mark
     reset_ok = _reset_peak()
     times, losses = [], []
     for _ in range(steps):
@@ -132,10 +134,7 @@ def measure(
         "gradient_checkpointing": gradient_checkpointing,
         "threads": torch.get_num_threads(),
         "params_trainable": n_trainable,
-        # VmHWM, not ru_maxrss: ru_maxrss survives exec, so a child of a large parent (a pytest
-        # process that has loaded models) would report the parent's size.
-        "peak_rss_bytes": max(load_peak, train_peak) if load_peak and train_peak
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": max(load_peak, peak_rss_bytes()),
         "train_peak_rss_bytes": train_peak,
         "baseline_rss_bytes": baseline,
         "loaded_rss_bytes": loaded,

@@ -305,7 +305,7 @@ def test_fits_uses_the_margin():
 # --- 2. measured peaks on CPU ------------------------------------------------------------------
 
 # Plain PyTorch loop (AdamW, fp32), batch 4 x 128 tokens, LoRA r=16 all-linear dropout 0.05,
-# QLoRA NF4 + double quant with fp32 compute. Peak RSS (ru_maxrss) of the child process.
+# QLoRA NF4 + double quant with fp32 compute. Peak RSS (VmHWM) of the child process.
 MEASURED_TOLERANCE = 0.25
 
 
