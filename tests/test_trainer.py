@@ -73,6 +73,14 @@ def test_chunked_loss_equals_the_whole_loss(method, tiny_model_dir, smol_tokeniz
     assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+    # Without gradients (evaluation) the loss always goes through the lm_head by chunks.
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, out: rows.append(out.shape[0]))
+    with torch.no_grad():
+        evaluated = trained_positions_loss(model, batch)
+    hook.remove()
+    assert len(rows) > 1 and max(rows) == 8
+    assert torch.allclose(evaluated, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_padding_free_batch_equals_padded_batch(tiny_model_dir, smol_tokenizer, chat_rows):

@@ -269,7 +269,9 @@ class _Run:
             output_dir=str(out / "checkpoints"),
             num_train_epochs=opts.epochs,
             per_device_train_batch_size=opts.batch_size,
-            per_device_eval_batch_size=opts.batch_size,
+            # Evaluation keeps no activations (and its loss goes by chunks), so twice the rows per
+            # forward fit; bigger matmuls run faster per token on CPU (5.8 -> 5.0 s for 40 rows here).
+            per_device_eval_batch_size=2 * opts.batch_size,
             gradient_accumulation_steps=opts.grad_accum,
             learning_rate=opts.lr or methods.default_lr(opts.method),
             lr_scheduler_type="cosine",

@@ -53,7 +53,7 @@ def trained_positions_loss(model, inputs: dict, num_items_in_batch=None, *, chun
     (memory mode, alongside gradient checkpointing) the positions go through the lm_head a few at
     a time and each chunk's logits are recomputed in backward, so at most one chunk's logits
     exist at once: on SmolLM2's 49k vocabulary the full logits, their softmax and gradient were
-    the largest tensors of a QLoRA step.
+    the largest tensors of a QLoRA step. Without gradients (evaluation) it always goes by chunks.
     """
     lm = causal_lm_of(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
@@ -64,11 +64,15 @@ def trained_positions_loss(model, inputs: dict, num_items_in_batch=None, *, chun
     keep = targets != IGNORE_INDEX
     hidden, targets = hidden[:, :-1][keep], targets[keep]
     rows = max(8, LOSS_CHUNK_BYTES // (4 * head.weight.shape[0]))
-    if chunked and torch.is_grad_enabled() and hidden.shape[0] > rows:
+    chunks = [slice(i, i + rows) for i in range(0, hidden.shape[0], rows)]
+    if len(chunks) > 1 and not torch.is_grad_enabled():
+        # Evaluation: chunks cost nothing extra without a backward, and keep the logits of the
+        # larger evaluation batches from raising the run's peak.
+        loss = sum(_cross_entropy_sum(head, hidden[c], targets[c]) for c in chunks)
+    elif len(chunks) > 1 and chunked:
         from torch.utils.checkpoint import checkpoint
 
-        loss = sum(checkpoint(_cross_entropy_sum, head, hidden[i:i + rows], targets[i:i + rows], use_reentrant=False)
-                   for i in range(0, hidden.shape[0], rows))
+        loss = sum(checkpoint(_cross_entropy_sum, head, hidden[c], targets[c], use_reentrant=False) for c in chunks)
     else:
         loss = _cross_entropy_sum(head, hidden, targets)
     if num_items_in_batch is None:
