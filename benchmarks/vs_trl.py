@@ -6,13 +6,20 @@ LoRA r=32, alpha=64 on q_proj/v_proj, dropout 0.05, lr 2e-4, batch 4, 2 epochs, 
 ``tunekit.finetune(..., method="lora")`` with its defaults, and ``method="qlora"`` for the memory
 comparison. Each run is a separate process (peak RSS is a per-process high-water mark).
 
+The plain recipe and tunekit's LoRA run take turns on the CPU (``--slice`` seconds each, at step
+boundaries) rather than running one after the other: this machine's speed drifts by ±25% over
+minutes with other tenants' load, so two runs minutes apart compare the machine as much as the
+code. Taking turns, both see the same minutes. Each run's time is the time it held the CPU
+(evaluations inside training included); loading before and generation after are not timed.
+``--sequential`` runs them one after the other instead.
+
 The task: extract an order from a sentence as strict JSON (``examples/data/extract_json*.jsonl``);
 the held-out rows use sentence phrasings and names never seen in training. Metric: exact match
 of the greedy answer with the expected JSON.
 
 Usage::
 
-    python benchmarks/vs_trl.py                      # the full benchmark (about 20 min on 2 cores)
+    python benchmarks/vs_trl.py                      # the full benchmark (about 15 min on 2 cores)
     python benchmarks/vs_trl.py --rows 48 --epochs 1 --heldout 8   # a quick look
 
 It prints a table and the ratios, writes ``benchmarks/results/vs_trl-<time>.json`` and appends a
@@ -59,13 +66,109 @@ def _exact_match(answers: list[str], rows: list[dict]) -> float:
     return hits / len(rows)
 
 
+class Turns:
+    """The child's side of turn-taking with the other timed run (see the module doc).
+
+    The parent grants the CPU with ``G``; the child answers ``Y`` (my slice is over), ``D``
+    (training done) or, before training, ``R`` (ready). ``active`` is the time between each
+    grant and the answer: the time this run held the CPU.
+    """
+
+    def __init__(self, spec: str | None, slice_seconds: float):
+        self.fds = tuple(int(fd) for fd in spec.split(",")) if spec else None
+        self.slice = slice_seconds
+        self.active = 0.0
+        self.granted = None
+        self.slices = []  # (start, end) on the system-wide monotonic clock, to check the turns
+
+    def _send_and_wait(self, message: bytes) -> None:
+        os.write(self.fds[1], message)
+        if not os.read(self.fds[0], 1):
+            raise SystemExit("the benchmark's parent went away")
+
+    def ready(self) -> None:
+        if self.fds:
+            self._send_and_wait(b"R")
+        self.granted = time.monotonic()
+
+    def _end_slice(self) -> None:
+        now = time.monotonic()
+        self.active += now - self.granted
+        self.slices.append((self.granted, now))
+
+    def maybe_yield(self) -> None:
+        if self.fds and time.monotonic() - self.granted >= self.slice:
+            self._end_slice()
+            self._send_and_wait(b"Y")
+            self.granted = time.monotonic()
+
+    def done(self) -> None:
+        self._end_slice()
+        if self.fds:
+            self._send_and_wait(b"D")  # the answer comes once the other run is done training too
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        turns = self
+
+        class TakeTurns(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                turns.ready()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                turns.maybe_yield()
+
+            def on_train_end(self, args, state, control, **kwargs):
+                turns.done()
+
+        return TakeTurns()
+
+
+def _take_turns(procs: dict) -> None:
+    """The parent's side: once every run is ready, grant the CPU to one run at a time, switching
+    at each of its yields, until every run has finished training; then release them all."""
+    import select
+
+    pending = dict(procs)  # name -> (proc, read_fd, write_fd)
+    ready, done = set(), set()
+
+    def message(name: str) -> bytes:
+        return os.read(pending[name][1], 1) or b"D"  # a run that died counts as done
+
+    while len(ready | done) < len(pending):
+        fds = {pending[n][1]: n for n in pending if n not in ready | done}
+        for fd in select.select(list(fds), [], [])[0]:
+            (ready if message(fds[fd]) == b"R" else done).add(fds[fd])
+    order = [n for n in pending if n in ready]
+    turn = 0
+    while len(done) < len(pending):
+        name = order[turn % len(order)]
+        if name in done:
+            turn += 1
+            continue
+        try:
+            os.write(pending[name][2], b"G")
+        except BrokenPipeError:  # it died: its error is reported when it is collected
+            done.add(name)
+            continue
+        if message(name) == b"D":
+            done.add(name)
+        turn += 1
+    for _, _, write_fd in pending.values():
+        try:
+            os.write(write_fd, b"G")
+        except BrokenPipeError:
+            pass
+
+
 def _greedy_answers(model, tokenizer, rows: list[dict]) -> list[str]:
     from tunekit.chat import generate
 
     return [generate(model, tokenizer, row["messages"][:-1], max_new_tokens=64) for row in rows]
 
 
-def run_plain(args: argparse.Namespace, out: Path) -> dict:
+def run_plain(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
     """The seed-001 recipe with plain TRL + PEFT."""
     import torch
     from datasets import Dataset
@@ -91,12 +194,10 @@ def run_plain(args: argparse.Namespace, out: Path) -> dict:
     eval_set = Dataset.from_list([{"messages": r["messages"]} for r in heldout])
     # The eval set is only scored after training (TRL's default eval_strategy is "no").
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, eval_dataset=eval_set,
-                         processing_class=tokenizer, peft_config=peft)
+                         processing_class=tokenizer, peft_config=peft, callbacks=[turns.callback()])
     # Real tokens of the training set, as the trainer tokenized it (no padding).
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"])
-    start = time.perf_counter()
     trainer.train()
-    wall = time.perf_counter() - start
     peak = _peak_rss()  # training's peak, before anything is generated
     trained = trainer.model
     trained.eval()
@@ -104,13 +205,22 @@ def run_plain(args: argparse.Namespace, out: Path) -> dict:
     # tunekit's assistant-only eval loss; exact match is the comparable quality metric.
     eval_loss = trainer.evaluate()["eval_loss"]
     answers = _greedy_answers(trained, tokenizer, heldout)
-    return {"wall_seconds": wall, "tokens": tokens * args.epochs, "eval_loss": eval_loss,
+    return {"wall_seconds": turns.active, "tokens": tokens * args.epochs, "eval_loss": eval_loss,
             "exact_match": _exact_match(answers, heldout), "peak_rss_bytes": peak,
             "sample_answer": answers[0]}
 
 
-def run_tunekit(args: argparse.Namespace, out: Path, method: str) -> dict:
+def run_tunekit(args: argparse.Namespace, out: Path, method: str, turns: Turns) -> dict:
     import tunekit
+    from tunekit import trainer
+
+    # finetune() takes no callbacks: hand the turn-taking one to the Trainer it builds.
+    class TakingTurns(trainer.Trainer):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.add_callback(turns.callback())
+
+    trainer.Trainer = TakingTurns
 
     train = _rows("extract_json.jsonl", args.rows)
     heldout = _rows("extract_json_heldout.jsonl", args.heldout)
@@ -121,18 +231,20 @@ def run_tunekit(args: argparse.Namespace, out: Path, method: str) -> dict:
     peak = m["peak_memory_bytes"]
     model, tokenizer = result._model()
     answers = _greedy_answers(model, tokenizer, heldout)
-    return {"wall_seconds": m["wall_seconds"], "tokens": m["tokens_per_epoch"] * m["epochs"],
+    return {"wall_seconds": turns.active, "tokens": m["tokens_per_epoch"] * m["epochs"],
             "eval_loss": m["eval_loss_best"], "exact_match": _exact_match(answers, heldout),
             "peak_rss_bytes": peak, "sample_answer": answers[0]}
 
 
 def child(args: argparse.Namespace) -> None:
     out = Path(args.out)
+    turns = Turns(args.turns, args.slice)
     if args.child == "plain_trl":
-        res = run_plain(args, out)
+        res = run_plain(args, out, turns)
     else:
-        res = run_tunekit(args, out, args.child.split("_", 1)[1])
+        res = run_tunekit(args, out, args.child.split("_", 1)[1], turns)
     res["tokens_per_second"] = res["tokens"] / res["wall_seconds"]
+    res["slices"] = turns.slices
     print("RESULT " + json.dumps(res))
 
 
@@ -144,29 +256,71 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--only", choices=RUNNERS, action="append", help="run only these")
     p.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
+    p.add_argument("--slice", type=float, default=5.0, help="seconds each run holds the CPU per turn")
+    p.add_argument("--sequential", action="store_true", help="run one after the other instead of taking turns")
     p.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--turns", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
         return 0
 
+    names = args.only or list(RUNNERS)
+    timed = [] if args.sequential else [n for n in ("plain_trl", "tunekit_lora") if n in names]
+    if len(timed) < 2:
+        timed = []
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or RUNNERS:
+        def command(name: str) -> list[str]:
             cmd = [sys.executable, __file__, "--child", name, "--out", f"{tmp}/{name}", "--epochs", str(args.epochs),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--slice", str(args.slice)]
             if args.rows:
                 cmd += ["--rows", str(args.rows)]
             if args.heldout:
                 cmd += ["--heldout", str(args.heldout)]
-            print(f"running {name} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-                return 1
-            results[name] = json.loads(line[len("RESULT "):])
+            return cmd
+
+        batches = ([timed] if timed else []) + [[n] for n in names if n not in timed]
+        for batch in batches:
+            print(f"running {' and '.join(batch)}{' taking turns' if len(batch) > 1 else ''} ...", flush=True)
+            procs, logs = {}, {}
+            for name in batch:
+                cmd = command(name)
+                fds = None
+                if len(batch) > 1:
+                    to_child, from_parent = os.pipe()  # the parent writes grants, the child reads them
+                    from_child, to_parent = os.pipe()
+                    cmd += ["--turns", f"{to_child},{to_parent}"]
+                    fds = (to_child, to_parent)
+                logs[name] = tempfile.TemporaryFile(mode="w+")
+                proc = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, text=True,
+                                        pass_fds=fds or (), env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                if fds:
+                    os.close(to_child)
+                    os.close(to_parent)
+                    procs[name] = (proc, from_child, from_parent)
+                else:
+                    procs[name] = (proc, None, None)
+            if len(batch) > 1:
+                _take_turns(procs)
+            for name, (proc, read_fd, write_fd) in procs.items():
+                proc.wait()
+                for fd in (read_fd, write_fd):
+                    if fd is not None:
+                        os.close(fd)
+                logs[name].seek(0)
+                output = logs[name].read()
+                line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    print(f"{name} failed:\n{output[-6000:]}", file=sys.stderr)
+                    return 1
+                results[name] = json.loads(line[len("RESULT "):])
+            if len(batch) > 1:
+                spans = sorted(tuple(x) for name in batch for x in results[name]["slices"])
+                if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+                    raise SystemExit("the timed runs overlapped: their times are not comparable")
+                print(f"  {len(spans)} turns, none overlapping", flush=True)
 
     header = f"{'':16s} {'wall s':>8s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'eval loss':>10s} {'exact match':>12s}"
     print(header)
@@ -188,6 +342,7 @@ def main() -> int:
 
     record = {"date": datetime.now().isoformat(timespec="seconds"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
               "rows": args.rows or 200, "heldout": args.heldout or 40, "epochs": args.epochs,
+              "taking_turns": timed, "slice_seconds": args.slice if timed else None,
               "results": results, "ratios": ratios}
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
