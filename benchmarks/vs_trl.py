@@ -125,41 +125,53 @@ class Turns:
         return TakeTurns()
 
 
-def _take_turns(procs: dict) -> None:
-    """The parent's side: once every run is ready, grant the CPU to one run at a time, switching
-    at each of its yields, until every run has finished training; then release them all."""
-    import select
+def _start(cmd: list[str], log, turns: bool) -> tuple:
+    """``(process, read_fd, write_fd)``; the pipes (None without ``turns``) carry the turns."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not turns:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env), None, None
+    to_child, from_parent = os.pipe()  # the parent writes grants, the child reads them
+    from_child, to_parent = os.pipe()
+    proc = subprocess.Popen(cmd + ["--turns", f"{to_child},{to_parent}"], stdout=log, stderr=subprocess.STDOUT,
+                            text=True, pass_fds=(to_child, to_parent), env=env)
+    os.close(to_child)
+    os.close(to_parent)
+    return proc, from_child, from_parent
 
-    pending = dict(procs)  # name -> (proc, read_fd, write_fd)
-    ready, done = set(), set()
+
+def _take_turns(commands: dict[str, list[str]], logs: dict) -> dict[str, tuple]:
+    """The parent's side. Only one run uses the CPU at any time (two processes with two OpenMP
+    threads each on two cores spin against each other and crawl): each is started once the one
+    before is ready to train; then they take turns, switching at each yield, until every run has
+    finished training; then they finish (save, generate the held-out answers) one by one."""
+    procs, ready, done = {}, [], set()
 
     def message(name: str) -> bytes:
-        return os.read(pending[name][1], 1) or b"D"  # a run that died counts as done
+        return os.read(procs[name][1], 1) or b"D"  # a run that died counts as done
 
-    while len(ready | done) < len(pending):
-        fds = {pending[n][1]: n for n in pending if n not in ready | done}
-        for fd in select.select(list(fds), [], [])[0]:
-            (ready if message(fds[fd]) == b"R" else done).add(fds[fd])
-    order = [n for n in pending if n in ready]
+    for name, cmd in commands.items():
+        procs[name] = _start(cmd, logs[name], turns=True)
+        (ready.append if message(name) == b"R" else done.add)(name)
     turn = 0
-    while len(done) < len(pending):
-        name = order[turn % len(order)]
+    while len(done) < len(procs):
+        name = ready[turn % len(ready)]
+        turn += 1
         if name in done:
-            turn += 1
             continue
         try:
-            os.write(pending[name][2], b"G")
+            os.write(procs[name][2], b"G")
         except BrokenPipeError:  # it died: its error is reported when it is collected
             done.add(name)
             continue
         if message(name) == b"D":
             done.add(name)
-        turn += 1
-    for _, _, write_fd in pending.values():
+    for proc, _, write_fd in procs.values():
         try:
             os.write(write_fd, b"G")
         except BrokenPipeError:
             pass
+        proc.wait()
+    return procs
 
 
 def _greedy_answers(model, tokenizer, rows: list[dict]) -> list[str]:
@@ -284,26 +296,11 @@ def main() -> int:
         batches = ([timed] if timed else []) + [[n] for n in names if n not in timed]
         for batch in batches:
             print(f"running {' and '.join(batch)}{' taking turns' if len(batch) > 1 else ''} ...", flush=True)
-            procs, logs = {}, {}
-            for name in batch:
-                cmd = command(name)
-                fds = None
-                if len(batch) > 1:
-                    to_child, from_parent = os.pipe()  # the parent writes grants, the child reads them
-                    from_child, to_parent = os.pipe()
-                    cmd += ["--turns", f"{to_child},{to_parent}"]
-                    fds = (to_child, to_parent)
-                logs[name] = tempfile.TemporaryFile(mode="w+")
-                proc = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, text=True,
-                                        pass_fds=fds or (), env=dict(os.environ, PYTHONUNBUFFERED="1"))
-                if fds:
-                    os.close(to_child)
-                    os.close(to_parent)
-                    procs[name] = (proc, from_child, from_parent)
-                else:
-                    procs[name] = (proc, None, None)
+            logs = {name: tempfile.TemporaryFile(mode="w+") for name in batch}
             if len(batch) > 1:
-                _take_turns(procs)
+                procs = _take_turns({name: command(name) for name in batch}, logs)
+            else:
+                procs = {name: _start(command(name), logs[name], turns=False) for name in batch}
             for name, (proc, read_fd, write_fd) in procs.items():
                 proc.wait()
                 for fd in (read_fd, write_fd):
