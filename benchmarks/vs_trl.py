@@ -19,7 +19,7 @@ of the greedy answer with the expected JSON.
 
 Usage::
 
-    python benchmarks/vs_trl.py                      # the full benchmark (about 15 min on 2 cores)
+    python benchmarks/vs_trl.py                      # the full benchmark (20-40 min on 2 cores)
     python benchmarks/vs_trl.py --rows 48 --epochs 1 --heldout 8   # a quick look
 
 It prints a table and the ratios, writes ``benchmarks/results/vs_trl-<time>.json`` and appends a
@@ -356,12 +356,13 @@ def _append_docs(record: dict) -> None:
     if title not in text:
         text += (f"\n{title}\n\nProduced by `python benchmarks/vs_trl.py` (embedded SmolLM2-135M-Instruct, "
                  "order-extraction task, exact match on held-out phrasings). Tokens/s counts real tokens of the "
-                 "training set x epochs over training wall time.\n\n"
+                 "training set x epochs over each run's training time (its evaluations included).\n\n"
                  "| date | machine | rows x epochs | plain tok/s | tunekit tok/s | speedup | plain EM | tunekit EM "
                  "| QLoRA/LoRA peak RSS |\n|---|---|---|---|---|---|---|---|---|\n")
     r, q = record["results"], record["ratios"]
     qr = f"{q['qlora_over_lora_peak_rss']:.2f}" if "qlora_over_lora_peak_rss" in q else "—"
-    row = (f"| {record['date'][:16]} | {record['machine']} | {record['rows']} x {record['epochs']:g} "
+    how = ", taking turns" if len(record.get("taking_turns") or []) > 1 else ""
+    row = (f"| {record['date'][:16]} | {record['machine']}{how} | {record['rows']} x {record['epochs']:g} "
            f"| {r['plain_trl']['tokens_per_second']:.1f} | {r['tunekit_lora']['tokens_per_second']:.1f} "
            f"| {q['speedup_tokens_per_second']:.2f}x (wall {q['speedup_wall_time']:.2f}x) | {r['plain_trl']['exact_match']:.3f} "
            f"| {r['tunekit_lora']['exact_match']:.3f} | {qr} |\n")
