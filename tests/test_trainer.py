@@ -140,6 +140,9 @@ def test_dropout_drops_at_rate_p_and_keeps_the_expectation():
     # A rate that 8 bits would round badly (0.01 -> 0.0117) uses 16-bit lanes.
     assert drop_rate(0.01) == 655 / 65536
     assert abs(float((dropout(x, 0.01) == 0).float().mean()) - 0.01) < 0.0005
+    # Rates near 1 keep at least one lane value (no division by zero in the scale).
+    assert drop_rate(0.999) == 65470 / 65536 and drop_rate(0.99999999) == 65535 / 65536
+    assert torch.isfinite(dropout(x, 0.999)).all()
 
 
 def test_lora_dropout_shares_one_mask_per_input(tiny_model_dir):

@@ -36,9 +36,9 @@ def _lanes(p: float) -> tuple[int, int]:
     time here. Other rates (0.01 would be 0.0117) use 16 bits (0.05 -> 0.0500031).
     """
     drops = round(p * 256)
-    if drops and abs(drops / 256 - p) <= 0.02 * p:
+    if 0 < drops < 256 and abs(drops / 256 - p) <= 0.02 * p:
         return 8, drops
-    return 16, round(p * 65536)
+    return 16, min(round(p * 65536), 65535)  # at least one kept value: p -> 1 must not divide by 0
 
 
 def drop_rate(p: float) -> float:
