@@ -16,9 +16,6 @@ import argparse
 import contextlib
 import statistics
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -29,32 +26,17 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from peft import get_peft_model
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from tunekit import data, fastpath, methods, models, templates
-    from tunekit.options import Options
-    from tunekit.train import prepare_tokenizer
+    from lora_step import lora_model, task
+    from tunekit import fastpath
     from tunekit.trainer import trained_positions_loss
 
-    rows, _ = data.read_examples(ROOT / "examples/data/extract_json.jsonl")
-    base, tokenizer, _, _ = prepare_tokenizer(None, None)
-    encoded, _ = templates.encode_all(rows, tokenizer)
-    collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
-    opts = Options()
-    where = models.placement(None)
-    models.tune_cpu_runtime()
-
+    encoded, collate = task()
     paths = {}
     for name in ("reference", "tunekit"):
-        torch.manual_seed(0)
-        model = models.load_model(base.path, where=where, quantize_4bit=False)
-        model = get_peft_model(model, methods.lora_config(r=opts.r, alpha=opts.alpha, dropout=opts.dropout,
-                                                          target_modules=opts.target_module_list()))
-        model.train()
+        model = lora_model(fast=name == "tunekit")
         attention = contextlib.nullcontext
         if name == "tunekit":
-            fastpath.fuse_lora_layers(model)
             attention = lambda model=model: fastpath.attention_within_rows(model)  # noqa: E731
         params = [q for q in model.parameters() if q.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=name == "tunekit", foreach=name != "tunekit")
@@ -63,7 +45,7 @@ def main() -> None:
     def step(name: str, i: int) -> tuple[float, int]:
         model, attention, optimizer = paths[name]
         chunk = encoded[i * args.rows:(i + 1) * args.rows]
-        batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
+        batch = collate(chunk)
         start = time.perf_counter()
         with attention():
             trained_positions_loss(model, batch).backward()

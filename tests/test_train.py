@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import tunekit
 from tunekit.errors import ConfigError, DataError
@@ -139,6 +140,62 @@ def test_an_explicit_grad_accum_is_kept_and_the_default_is_recorded(tiny_model_d
     given = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "given"), grad_accum=3, **opts)
     assert json.loads((given.output_dir / "tunekit.json").read_text())["options"]["grad_accum"] == 3
     assert given.metrics["steps"] == 1
+
+
+def test_accumulated_micro_batches_run_as_one_forward_with_the_same_update(tiny_model_dir, chat_rows, tmp_path,
+                                                                          monkeypatch):
+    """On CPU an update's micro-batches go through fewer, larger forwards (here one of 6 rows for
+    2 x 3): the same number of updates and the same trained weights as accumulating them."""
+    from safetensors.torch import load_file
+
+    from tunekit import train
+
+    opts = dict(base=str(tiny_model_dir), method="lora", eval_split=0, epochs=2, batch_size=2, grad_accum=3,
+                dropout=0.0, progress=False)
+    merged = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "merged"), **opts)
+    assert merged.metrics["rows_per_forward"] == 6
+    assert merged.metrics["steps"] == 4  # 12 rows / 6 per update x 2 epochs
+    monkeypatch.setattr(train, "_rows_per_forward", lambda opts, *args: opts.batch_size)
+    accumulated = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "accumulated"), **opts)
+    assert accumulated.metrics["rows_per_forward"] == 2 and accumulated.metrics["steps"] == 4
+    a = load_file(merged.output_dir / "adapter_model.safetensors")
+    b = load_file(accumulated.output_dir / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    moved = [k for k in a if "lora_B" in k and a[k].abs().max() > 0]
+    assert moved, "the adapters were trained"
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6), k
+    assert merged.metrics["train_loss_last"] == pytest.approx(accumulated.metrics["train_loss_last"], rel=1e-4)
+
+
+def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, monkeypatch):
+    import sys
+
+    from tunekit import models, train
+    from tunekit.options import Options
+
+    def rows(length: int) -> list[dict]:
+        return [{"input_ids": [1] * length}] * 20
+
+    cpu = models.placement("cpu")
+    opts = Options(base=str(tiny_model_dir), method="lora", batch_size=4, grad_accum=4)
+
+    def per_forward(enc, **changes):
+        return train._rows_per_forward(Options(**{**vars(opts), **changes}), tiny_model_dir, enc, cpu)
+
+    # A divisor of the 16-row update, as many rows as ~1024 tokens allow, never fewer than batch_size.
+    assert per_forward(rows(60)) == 16
+    assert per_forward(rows(100)) == 8
+    assert per_forward(rows(300)) == 4
+    assert per_forward(rows(100), grad_accum=3) == 6  # 12-row updates: two forwards of 6
+    # Not without accumulation, in memory mode (checkpointing, QLoRA on CPU), or on a GPU.
+    assert per_forward(rows(60), grad_accum=1) == 4
+    assert per_forward(rows(60), gradient_checkpointing=True) == 4
+    assert per_forward(rows(60), method="qlora") == 4
+    assert train._rows_per_forward(opts, tiny_model_dir, rows(60), models.Placement("cuda", None)) == 4
+    # Nor when the estimate does not fit (tunekit.estimate the name is the function, hence sys.modules).
+    monkeypatch.setattr(sys.modules["tunekit.estimate"], "free_memory", lambda device=None: 10 * 2**20)
+    assert per_forward(rows(60)) == 4
 
 
 def test_peak_rss_is_the_processs_own_not_its_parents():

@@ -144,6 +144,8 @@ class _Run:
                 opts, method=choice["method"], gradient_checkpointing=choice["gradient_checkpointing"])
         # After the choice, so the default folder name says which method ran.
         out = self._output_dir()
+        # Before the weights load, like the method choice: the estimate counts them.
+        self.rows_per_forward = _rows_per_forward(opts, base.path, train_enc, where)
         model = models.load_model(
             base.path, where=where, quantize_4bit=methods.quantized(opts.method),
             trust_remote_code=opts.trust_remote_code,
@@ -191,7 +193,7 @@ class _Run:
         metrics = _metrics(trainer, stats, epochs_done, wall, where, report, len(train_enc), len(eval_enc),
                            skipped + eval_skipped)
         trainable, total = methods.trainable_parameters(trainer.model)
-        metrics.update(trainable_params=trainable, total_params=total)
+        metrics.update(trainable_params=trainable, total_params=total, rows_per_forward=self.rows_per_forward)
         if choice:
             metrics["estimated_peak_memory_bytes"] = choice["estimated_peak_bytes"]
         run_info = {
@@ -268,11 +270,11 @@ class _Run:
         args: dict[str, Any] = dict(
             output_dir=str(out / "checkpoints"),
             num_train_epochs=opts.epochs,
-            per_device_train_batch_size=opts.batch_size,
+            per_device_train_batch_size=self.rows_per_forward,
             # Evaluation keeps no activations (and its loss goes by chunks), so twice the rows per
             # forward fit; bigger matmuls run faster per token on CPU (5.8 -> 5.0 s for 40 rows here).
             per_device_eval_batch_size=2 * opts.batch_size,
-            gradient_accumulation_steps=opts.grad_accum,
+            gradient_accumulation_steps=opts.batch_size * opts.grad_accum // self.rows_per_forward,
             learning_rate=opts.lr or methods.default_lr(opts.method),
             lr_scheduler_type="cosine",
             warmup_steps=0.05,
@@ -401,6 +403,51 @@ def _default_eval_steps(total_updates: int, train_enc: list[dict], eval_enc: lis
     affordable = math.floor(EVAL_BUDGET * train_cost / eval_tokens) - 1  # the first is the one on start
     evals = min(MAX_EVALS, max(1, affordable))
     return max(1, math.ceil(total_updates / evals))
+
+
+# Tokens per forward pass that CPU matmuls want: [M,576]x[576,1536] ran at 205 GFLOP/s for
+# M = 78, 274 at 312, 295 at 624; a 16-row update of ~78-token rows took 1.10-1.17x as long as
+# 4 forwards of 4 rows than as one of 16, and 1.16-1.18x as long than as 2 of 8
+# (benchmarks/micro_batches.py): beyond ~1k tokens there is nothing more to gain.
+TOKENS_PER_FORWARD = 1024
+
+
+def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], where) -> int:
+    """Rows per forward pass: ``batch_size``, or on CPU more of an update's ``batch_size x
+    grad_accum`` rows at once (up to about :data:`TOKENS_PER_FORWARD` tokens) when the memory
+    estimate says they fit.
+
+    The update is the same (the same rows, the loss summed over them and divided by their trained
+    tokens, as accumulation does); only the matmuls are larger, which this CPU runs faster per
+    token. Not with gradient checkpointing (memory mode: activations are what it saves) nor on
+    CUDA (not measured there).
+    """
+    from .errors import ModelError
+    from .estimate import estimate, fits, free_memory
+
+    if opts.grad_accum == 1 or where.is_cuda or _default_checkpointing(opts, where):
+        return opts.batch_size
+    update = opts.batch_size * opts.grad_accum
+    lengths = [len(r["input_ids"]) for r in train_enc]
+    mean = sum(lengths) / len(lengths)
+    # A divisor of the update, so that every forward of a full update has the same rows.
+    rows = max([d for d in range(opts.batch_size, update + 1) if update % d == 0 and d * mean <= TOKENS_PER_FORWARD],
+               default=opts.batch_size)
+    if rows == opts.batch_size:
+        return rows
+    try:
+        est = estimate(str(base_path), opts.method, seq_len=max(lengths), batch_size=rows, r=opts.r,
+                       target_modules=opts.target_module_list(), lora_dropout=opts.dropout, device="cpu",
+                       dtype=str(where.dtype), grad_accum=update // rows, gradient_checkpointing=False,
+                       flops=0)  # memory only: no speed probe
+    except ModelError:  # an architecture the estimator cannot build: keep the user's batches
+        return opts.batch_size
+    # Processes of one data-parallel run share the machine's memory.
+    if not fits(est, free_memory("cpu") // int(os.environ.get("WORLD_SIZE", "1"))):
+        return opts.batch_size
+    log.info("updates of %d rows run as %d forward(s) of %d rows instead of %d of %d (same update, larger "
+             "matmuls)", update, update // rows, rows, opts.grad_accum, opts.batch_size)
+    return rows
 
 
 def _default_checkpointing(opts: Options, where) -> bool:

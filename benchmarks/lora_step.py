@@ -1,0 +1,49 @@
+"""What the step benchmarks share: the order-extraction rows encoded for the embedded
+SmolLM2-135M, padding-free batches, and the model with tunekit's default LoRA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def task():
+    """``(encoded rows, collate)``: ``collate(rows)`` makes one padding-free batch."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from tunekit import data, templates
+    from tunekit.train import prepare_tokenizer
+
+    rows, _ = data.read_examples(ROOT / "examples/data/extract_json.jsonl")
+    _, tokenizer, _, _ = prepare_tokenizer(None, None)
+    encoded, _ = templates.encode_all(rows, tokenizer)
+    collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+
+    def collate(chunk):
+        return collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
+
+    return encoded, collate
+
+
+def lora_model(fast: bool):
+    """The embedded model with tunekit's default LoRA (seeded alike), in training mode, on the
+    CPU; ``fast``: with :mod:`tunekit.fastpath`'s fused LoRA layers."""
+    import torch
+    from peft import get_peft_model
+
+    from tunekit import fastpath, methods, models
+    from tunekit.options import Options
+    from tunekit.train import prepare_tokenizer
+
+    base = prepare_tokenizer(None, None)[0]
+    opts = Options()
+    models.tune_cpu_runtime()
+    torch.manual_seed(0)
+    model = models.load_model(base.path, where=models.placement("cpu"), quantize_4bit=False)
+    model = get_peft_model(model, methods.lora_config(r=opts.r, alpha=opts.alpha, dropout=opts.dropout,
+                                                      target_modules=opts.target_module_list()))
+    model.train()
+    if fast:
+        fastpath.fuse_lora_layers(model)
+    return model
