@@ -196,6 +196,9 @@ def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, 
     # Nor when the estimate does not fit (tunekit.estimate the name is the function, hence sys.modules).
     monkeypatch.setattr(sys.modules["tunekit.estimate"], "free_memory", lambda device=None: 10 * 2**20)
     assert per_forward(rows(60)) == 4
+    # Nor when there is no estimate: a speed-up never stops a run.
+    monkeypatch.setattr(sys.modules["tunekit.estimate"], "estimate", lambda *a, **k: 1 / 0)
+    assert per_forward(rows(60)) == 4
 
 
 def test_peak_rss_is_the_processs_own_not_its_parents():

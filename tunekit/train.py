@@ -422,7 +422,6 @@ def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], whe
     token. Not with gradient checkpointing (memory mode: activations are what it saves) nor on
     CUDA (not measured there).
     """
-    from .errors import ModelError
     from .estimate import estimate, fits, free_memory
 
     if opts.grad_accum == 1 or where.is_cuda or _default_checkpointing(opts, where):
@@ -440,7 +439,8 @@ def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], whe
                        target_modules=opts.target_module_list(), lora_dropout=opts.dropout, device="cpu",
                        dtype=str(where.dtype), grad_accum=update // rows, gradient_checkpointing=False,
                        flops=0)  # memory only: no speed probe
-    except ModelError:  # an architecture the estimator cannot build: keep the user's batches
+    except Exception as e:  # noqa: BLE001 - a speed-up must never stop a run: keep the user's batches
+        log.info("keeping forwards of %d rows: no memory estimate for larger ones (%s)", opts.batch_size, e)
         return opts.batch_size
     # Processes of one data-parallel run share the machine's memory.
     if not fits(est, free_memory("cpu") // int(os.environ.get("WORLD_SIZE", "1"))):
