@@ -406,8 +406,8 @@ def _default_eval_steps(total_updates: int, train_enc: list[dict], eval_enc: lis
 
 
 # Tokens per forward pass that CPU matmuls want: [M,576]x[576,1536] ran at 205 GFLOP/s for
-# M = 78, 274 at 312, 295 at 624; a 16-row update of ~78-token rows took 1.05-1.17x as long as
-# 4 forwards of 4 rows than as one of 16, and 1.13-1.18x as long than as 2 of 8
+# M = 78, 274 at 312, 295 at 624; a 16-row update of ~78-token rows took 1.05-1.17x as long in
+# 4 forwards of 4 rows as in one of 16, and 1.13-1.18x as long as in 2 of 8
 # (benchmarks/micro_batches.py): beyond ~1k tokens there is nothing more to gain.
 TOKENS_PER_FORWARD = 1024
 
