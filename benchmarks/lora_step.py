@@ -3,9 +3,19 @@ SmolLM2-135M, padding-free batches, and the model with tunekit's default LoRA.""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def _embedded():
+    """``(base, tokenizer)`` of the embedded model, resolved once for the task and every model."""
+    from tunekit.train import prepare_tokenizer
+
+    base, tokenizer, _, _ = prepare_tokenizer(None, None)
+    return base, tokenizer
 
 
 def task():
@@ -13,10 +23,9 @@ def task():
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from tunekit import data, templates
-    from tunekit.train import prepare_tokenizer
 
     rows, _ = data.read_examples(ROOT / "examples/data/extract_json.jsonl")
-    _, tokenizer, _, _ = prepare_tokenizer(None, None)
+    tokenizer = _embedded()[1]
     encoded, _ = templates.encode_all(rows, tokenizer)
     collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
 
@@ -34,9 +43,8 @@ def lora_model(fast: bool):
 
     from tunekit import fastpath, methods, models
     from tunekit.options import Options
-    from tunekit.train import prepare_tokenizer
 
-    base = prepare_tokenizer(None, None)[0]
+    base = _embedded()[0]
     opts = Options()
     models.tune_cpu_runtime()
     torch.manual_seed(0)

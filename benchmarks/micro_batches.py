@@ -1,10 +1,11 @@
-"""One accumulated update, its micro-batches run one by one against all in one forward.
+"""One accumulated update, its micro-batches run one by one against fewer, larger forwards.
 
-With ``grad_accum`` > 1 tunekit runs an update's ``batch_size x grad_accum`` rows as one
-padding-free forward on CPU when they fit (``tunekit.train._rows_per_forward``): the update is
-the same, the matmuls larger. This measures it on the embedded SmolLM2-135M with tunekit's
-default LoRA and fast path, 16-row updates of the order-extraction task, taking turns between
-4 forwards of 4 rows, one of 16 and 2 of 8 in one process, so the machine's drift hits all alike.
+With ``grad_accum`` > 1 tunekit runs an update's ``batch_size x grad_accum`` rows in forwards of
+as many rows as ~1024 tokens allow on CPU when they fit (``tunekit.train._rows_per_forward``):
+the update is the same, the matmuls larger. This measures it on the embedded SmolLM2-135M with
+tunekit's default LoRA and fast path, 16-row updates of the order-extraction task, taking turns
+between 4 forwards of 4 rows, one of 16 and 2 of 8 in one process, so the machine's drift hits
+all alike.
 
     python benchmarks/micro_batches.py [--updates 8]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
 ROWS = 16
 
 
