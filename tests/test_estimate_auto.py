@@ -56,6 +56,18 @@ def test_auto_picks_lora_when_it_fits_logs_why_and_records_it(tiny_model_dir, ch
     assert result.metrics["estimated_peak_memory_bytes"] == run["method_choice"]["estimated_peak_bytes"] > 0
 
 
+def test_auto_reports_the_estimate_at_the_forwards_that_ran(tiny_model_dir, chat_rows, tmp_path, free):
+    """When an update's micro-batches run as one larger forward, the peak to expect is that
+    forward's, not the one the method was chosen at."""
+    free(64 * GB)
+    opts = {**FAST, "batch_size": 2, "grad_accum": 3}
+    result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(tmp_path / "r"),
+                              training_args={"max_steps": 1}, **opts)
+    assert result.method == "lora" and result.metrics["rows_per_forward"] == 6
+    chosen = result.run["method_choice"]["estimated_peak_bytes"]
+    assert result.metrics["estimated_peak_memory_bytes"] > chosen  # 6 rows' activations, not 2
+
+
 def test_an_explicit_method_is_not_second_guessed(tiny_model_dir, chat_rows, tmp_path, free, monkeypatch):
     free(1)  # nothing would fit; an explicit method must not even ask
     monkeypatch.setattr(estimate_module, "choose_method", lambda *a, **k: pytest.fail("auto ran"))

@@ -155,7 +155,7 @@ def test_accumulated_micro_batches_run_as_one_forward_with_the_same_update(tiny_
     merged = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "merged"), **opts)
     assert merged.metrics["rows_per_forward"] == 6
     assert merged.metrics["steps"] == 4  # 12 rows / 6 per update x 2 epochs
-    monkeypatch.setattr(train, "_rows_per_forward", lambda opts, *args: opts.batch_size)
+    monkeypatch.setattr(train, "_rows_per_forward", lambda opts, *args: (opts.batch_size, None))
     accumulated = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "accumulated"), **opts)
     assert accumulated.metrics["rows_per_forward"] == 2 and accumulated.metrics["steps"] == 4
     a = load_file(merged.output_dir / "adapter_model.safetensors")
@@ -181,7 +181,9 @@ def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, 
     opts = Options(base=str(tiny_model_dir), method="lora", batch_size=4, grad_accum=4)
 
     def per_forward(enc, **changes):
-        return train._rows_per_forward(Options(**{**vars(opts), **changes}), tiny_model_dir, enc, cpu)
+        rows, peak = train._rows_per_forward(Options(**{**vars(opts), **changes}), tiny_model_dir, enc, cpu)
+        assert (peak is not None) == (rows > 4), "an estimate comes with larger forwards, and only with them"
+        return rows
 
     # A divisor of the 16-row update, as many rows as ~1024 tokens allow, never fewer than batch_size.
     assert per_forward(rows(60)) == 16
@@ -192,7 +194,7 @@ def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, 
     assert per_forward(rows(60), grad_accum=1) == 4
     assert per_forward(rows(60), gradient_checkpointing=True) == 4
     assert per_forward(rows(60), method="qlora") == 4
-    assert train._rows_per_forward(opts, tiny_model_dir, rows(60), models.Placement("cuda", None)) == 4
+    assert train._rows_per_forward(opts, tiny_model_dir, rows(60), models.Placement("cuda", None)) == (4, None)
     # Nor when the estimate does not fit (tunekit.estimate the name is the function, hence sys.modules).
     monkeypatch.setattr(sys.modules["tunekit.estimate"], "free_memory", lambda device=None: 10 * 2**20)
     assert per_forward(rows(60)) == 4

@@ -145,7 +145,7 @@ class _Run:
         # After the choice, so the default folder name says which method ran.
         out = self._output_dir()
         # Before the weights load, like the method choice: the estimate counts them.
-        self.rows_per_forward = _rows_per_forward(opts, base.path, train_enc, where)
+        self.rows_per_forward, merged_peak = _rows_per_forward(opts, base.path, train_enc, where)
         model = models.load_model(
             base.path, where=where, quantize_4bit=methods.quantized(opts.method),
             trust_remote_code=opts.trust_remote_code,
@@ -195,7 +195,8 @@ class _Run:
         trainable, total = methods.trainable_parameters(trainer.model)
         metrics.update(trainable_params=trainable, total_params=total, rows_per_forward=self.rows_per_forward)
         if choice:
-            metrics["estimated_peak_memory_bytes"] = choice["estimated_peak_bytes"]
+            # The choice was estimated at the user's micro-batches; larger forwards have their own.
+            metrics["estimated_peak_memory_bytes"] = merged_peak or choice["estimated_peak_bytes"]
         run_info = {
             "tunekit_version": _version(),
             "base": base.name,
@@ -412,10 +413,10 @@ def _default_eval_steps(total_updates: int, train_enc: list[dict], eval_enc: lis
 TOKENS_PER_FORWARD = 1024
 
 
-def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], where) -> int:
-    """Rows per forward pass: ``batch_size``, or on CPU more of an update's ``batch_size x
-    grad_accum`` rows at once (up to about :data:`TOKENS_PER_FORWARD` tokens) when the memory
-    estimate says they fit.
+def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], where) -> tuple[int, int | None]:
+    """``(rows per forward pass, estimated peak bytes)``: ``batch_size``, or on CPU more of an
+    update's ``batch_size x grad_accum`` rows at once (up to about :data:`TOKENS_PER_FORWARD`
+    tokens) when the memory estimate says they fit, with that estimate (None for ``batch_size``).
 
     The update is the same (the same rows, the loss summed over them and divided by their trained
     tokens, as accumulation does); only the matmuls are larger, which this CPU runs faster per
@@ -425,7 +426,7 @@ def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], whe
     from .estimate import estimate, fits, free_memory
 
     if opts.grad_accum == 1 or where.is_cuda or _default_checkpointing(opts, where):
-        return opts.batch_size
+        return opts.batch_size, None
     update = opts.batch_size * opts.grad_accum
     lengths = [len(r["input_ids"]) for r in train_enc]
     mean = sum(lengths) / len(lengths)
@@ -433,7 +434,7 @@ def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], whe
     rows = max([d for d in range(opts.batch_size, update + 1) if update % d == 0 and d * mean <= TOKENS_PER_FORWARD],
                default=opts.batch_size)
     if rows == opts.batch_size:
-        return rows
+        return rows, None
     try:
         est = estimate(str(base_path), opts.method, seq_len=max(lengths), batch_size=rows, r=opts.r,
                        target_modules=opts.target_module_list(), lora_dropout=opts.dropout, device="cpu",
@@ -441,13 +442,13 @@ def _rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], whe
                        flops=0)  # memory only: no speed probe
     except Exception as e:  # noqa: BLE001 - a speed-up must never stop a run: keep the user's batches
         log.info("keeping forwards of %d rows: no memory estimate for larger ones (%s)", opts.batch_size, e)
-        return opts.batch_size
+        return opts.batch_size, None
     # Processes of one data-parallel run share the machine's memory.
     if not fits(est, free_memory("cpu") // int(os.environ.get("WORLD_SIZE", "1"))):
-        return opts.batch_size
+        return opts.batch_size, None
     log.info("updates of %d rows run as %d forward(s) of %d rows instead of %d of %d (same update, larger "
              "matmuls)", update, update // rows, rows, opts.grad_accum, opts.batch_size)
-    return rows
+    return rows, est.total_bytes
 
 
 def _default_checkpointing(opts: Options, where) -> bool:
