@@ -48,9 +48,8 @@ def main() -> None:
                     m.p = 0.0
         if name == "compiled":
             for layer in model.base_model.model.model.layers:
-                regions = {"layers": [layer], "mlp": [layer.mlp], "norms": []}[args.regions]
-                if args.regions != "layers":
-                    regions += [layer.input_layernorm, layer.post_attention_layernorm]
+                norms = [layer.input_layernorm, layer.post_attention_layernorm]
+                regions = {"layers": [layer], "mlp": [layer.mlp, *norms], "norms": norms}[args.regions]
                 for region in regions:
                     region.compile(dynamic=True)
         optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4, fused=True)
