@@ -17,7 +17,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 
 def main() -> None:
@@ -33,9 +32,8 @@ def main() -> None:
 
     import torch
 
-    from lora_step import lora_model, task
+    from lora_step import adamw, lora_model, task, update
     from tunekit import fastpath
-    from tunekit.trainer import trained_positions_loss
 
     torch._dynamo.config.cache_size_limit = 64  # 30 layers' guards must not fall back to eager
     encoded, collate = task()
@@ -52,19 +50,11 @@ def main() -> None:
                 regions = {"layers": [layer], "mlp": [layer.mlp, *norms], "norms": norms}[args.regions]
                 for region in regions:
                     region.compile(dynamic=True)
-        optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4, fused=True)
-        paths[name] = (model, optimizer)
+        paths[name] = (model, adamw(model))
 
     def step(name: str, i: int) -> tuple[float, float]:
         model, optimizer = paths[name]
-        chunk = encoded[(i * 4) % (len(encoded) - 4):][:4]
-        start = time.perf_counter()
-        with fastpath.attention_within_rows(model):
-            loss = trained_positions_loss(model, collate(chunk))
-            loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-        return time.perf_counter() - start, loss.item()
+        return update(model, optimizer, [collate(encoded[(i * 4) % (len(encoded) - 4):][:4])])
 
     first = {}
     for name in paths:  # the first step compiles; two more settle recompiles for dynamic shapes

@@ -55,3 +55,34 @@ def lora_model(fast: bool):
     if fast:
         fastpath.fuse_lora_layers(model)
     return model
+
+
+def adamw(model, fused: bool = True):
+    """AdamW over the trainable parameters: fused as tunekit's Trainer uses it, else foreach."""
+    import torch
+
+    params = [q for q in model.parameters() if q.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-4, fused=fused, foreach=not fused)
+
+
+def update(model, optimizer, batches: list[dict], *, fast: bool = True, num_items_in_batch=None) -> tuple[float, float]:
+    """One optimizer update over collated ``batches`` (a forward and backward each), as tunekit's
+    Trainer runs it (``fast``: attention within rows; gradients kept and zeroed in place) or as
+    PEFT's reference path does: ``(seconds, summed loss)``."""
+    import contextlib
+    import time
+
+    from tunekit import fastpath
+    from tunekit.trainer import trained_positions_loss
+
+    attention = fastpath.attention_within_rows(model) if fast else contextlib.nullcontext()
+    start = time.perf_counter()
+    losses = []
+    with attention:
+        for batch in batches:
+            loss = trained_positions_loss(model, batch, num_items_in_batch=num_items_in_batch)
+            loss.backward()
+            losses.append(loss.detach())
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+    return time.perf_counter() - start, float(sum(losses))

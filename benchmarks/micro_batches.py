@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 ROWS = 16
 
@@ -24,35 +23,27 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=8, help="measured updates per way")
     args = p.parse_args()
 
-    import torch
-
-    from lora_step import lora_model, task
-    from tunekit import fastpath
-    from tunekit.trainer import IGNORE_INDEX, trained_positions_loss
+    from lora_step import adamw, lora_model, task, update
+    from tunekit.trainer import IGNORE_INDEX
 
     encoded, collate = task()
     model = lora_model(fast=True)
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5, fused=True)
+    optimizer = adamw(model)
 
-    def update(i: int, per_forward: int) -> float:
+    def one_update(i: int, per_forward: int) -> float:
         chunk = encoded[(i * ROWS) % (len(encoded) - ROWS):][:ROWS]
         # As accumulation does: every micro-batch's loss is divided by the update's trained tokens.
         trained = sum(sum(1 for t in r["labels"][1:] if t != IGNORE_INDEX) for r in chunk)
-        start = time.perf_counter()
-        with fastpath.attention_within_rows(model):
-            for j in range(0, ROWS, per_forward):
-                trained_positions_loss(model, collate(chunk[j:j + per_forward]), num_items_in_batch=trained).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-        return time.perf_counter() - start
+        batches = [collate(chunk[j:j + per_forward]) for j in range(0, ROWS, per_forward)]
+        return update(model, optimizer, batches, num_items_in_batch=trained)[0]
 
     ways = (4, 16, 8)
     for n in ways:  # warm-up: first-call allocations and kernel choices
-        update(0, n)
+        one_update(0, n)
     times = {n: [] for n in ways}
     for i in range(1, args.updates + 1):
         for n in ways:
-            times[n].append(update(i, n))
+            times[n].append(one_update(i, n))
     print(f"{args.updates} updates of {ROWS} rows each way, taking turns:")
     for n, ts in times.items():
         print(f"  {ROWS // n} forward(s) of {n:2d} rows: median {statistics.median(ts):.3f} s per update")

@@ -13,9 +13,7 @@ alternate between the two so that the machine's load affects both alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import time
 
 
 def main() -> None:
@@ -25,33 +23,19 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="print the torch profiler's top operations per path")
     args = p.parse_args()
 
-    import torch
-
-    from lora_step import lora_model, task
-    from tunekit import fastpath
-    from tunekit.trainer import trained_positions_loss
+    from lora_step import adamw, lora_model, task, update
 
     encoded, collate = task()
     paths = {}
     for name in ("reference", "tunekit"):
         model = lora_model(fast=name == "tunekit")
-        attention = contextlib.nullcontext
-        if name == "tunekit":
-            attention = lambda model=model: fastpath.attention_within_rows(model)  # noqa: E731
-        params = [q for q in model.parameters() if q.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=name == "tunekit", foreach=name != "tunekit")
-        paths[name] = (model, attention, optimizer)
+        paths[name] = (model, adamw(model, fused=name == "tunekit"))
 
     def step(name: str, i: int) -> tuple[float, int]:
-        model, attention, optimizer = paths[name]
+        model, optimizer = paths[name]
         chunk = encoded[i * args.rows:(i + 1) * args.rows]
-        batch = collate(chunk)
-        start = time.perf_counter()
-        with attention():
-            trained_positions_loss(model, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
-        return time.perf_counter() - start, sum(len(r["input_ids"]) for r in chunk)
+        seconds, _ = update(model, optimizer, [collate(chunk)], fast=name == "tunekit")
+        return seconds, sum(len(r["input_ids"]) for r in chunk)
 
     for name in paths:  # warm-up: first-call allocations and kernel choices
         step(name, 0)
