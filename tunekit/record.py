@@ -1,0 +1,295 @@
+"""The run record: what ``tunekit.json`` and ``metrics.json`` hold, as typed dataclasses.
+
+Training writes them; the result, the card, the Hub push, the Space, the server and compare read
+them, always through :class:`RunInfo` and :class:`Metrics` — never through string keys of their
+own. Both are also read-only mappings (``result.metrics["eval_loss_best"]``), so code written
+against the dicts earlier versions returned keeps working.
+
+Compatibility: a file written by an older tunekit loads (missing fields take their defaults); a
+field this version does not know (a newer tunekit's) is kept in ``extra`` and written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+
+RUN_FILE = "tunekit.json"
+METRICS_FILE = "metrics.json"
+
+
+class _Record(Mapping):
+    """Shared by the records: a read-only dict view over ``to_dict()`` and tolerant loading."""
+
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        kwargs = cls._convert(kwargs)
+        return cls(**kwargs, extra={k: v for k, v in raw.items() if k not in known})
+
+    @classmethod
+    def _convert(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return kwargs
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("omit_none"):
+                continue
+            out[f.name] = value.to_dict() if isinstance(value, _Record) else value
+        out.update(self.extra)
+        return out
+
+    # Mapping: read-only, for callers that used the dicts.
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def _write(self, folder: str | os.PathLike, name: str) -> Path:
+        path = Path(folder) / name
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def _read(cls, path: Path):
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"{path} cannot be read as a tunekit record: {e}. Re-run the training or "
+                             "restore the file.") from e
+        if not isinstance(raw, dict):
+            raise ModelError(f"{path} is not a tunekit record (expected a JSON object)")
+        return cls.from_dict(raw)
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateInfo(_Record):
+    """The chat template a run was trained with."""
+
+    name: str | None = None
+    sha256: str | None = None
+    eos: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class DataInfo(_Record):
+    """Where the training rows came from and how many were used.
+
+    Attributes:
+        source: the file, folder or data set id as given.
+        format: the detected row format (``openai``, ``sharegpt``, ``alpaca``…).
+        rows: rows read; train_rows / eval_rows: after the split and validation.
+        skipped: rows dropped with ``on_bad_rows="skip"``.
+        hub_dataset: the Hub data set id when the data came from the Hub.
+        train_tokens / trained_tokens: tokens per epoch, and those that carry loss.
+    """
+
+    source: str | None = None
+    format: str | None = None
+    rows: int | None = None
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    skipped: int | None = None
+    hub_dataset: str | None = None
+    train_tokens: int | None = None
+    trained_tokens: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, eq=False)
+class RunInfo(_Record):
+    """``tunekit.json``: everything needed to reopen, describe and publish a run.
+
+    Attributes:
+        base: the base as the user named it (Hub id or folder).
+        method: ``"full"``, ``"lora"`` or ``"qlora"``.
+        adapter: True when the folder holds a PEFT adapter, False for full weights.
+        objective: what the run optimised (``"sft"``).
+        tunekit_version: the version that trained it.
+        base_path: the local folder of a base given as a folder (None for Hub ids).
+        embedded_base: trained on tunekit's embedded SmolLM2 copy.
+        base_license: the base's license id, inherited by the card.
+        method_choice: how ``method="auto"`` decided (None when the method was given).
+        template: the chat template used.
+        train_on: ``"assistant"`` or ``"all"``.
+        options: every option of the run, as JSON values.
+        data: the data's description (None for folders tunekit did not train).
+        example_prompts: held-out user prompts for the Space and the card.
+        created: ISO time the run finished.
+        extra: fields this version does not know, kept as they were.
+    """
+
+    base: str
+    method: str
+    adapter: bool
+    objective: str = "sft"
+    tunekit_version: str | None = None
+    base_path: str | None = None
+    embedded_base: bool = False
+    base_license: str | None = None
+    method_choice: dict[str, Any] | None = None
+    template: TemplateInfo = field(default_factory=TemplateInfo)
+    train_on: str = "assistant"
+    options: dict[str, Any] = field(default_factory=dict)
+    data: DataInfo | None = None
+    example_prompts: list[str] = field(default_factory=list)
+    created: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def _convert(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(kwargs.get("template"), Mapping):
+            kwargs["template"] = TemplateInfo.from_dict(kwargs["template"])
+        elif kwargs.get("template") is None:
+            kwargs.pop("template", None)
+        if isinstance(kwargs.get("data"), Mapping):
+            kwargs["data"] = DataInfo.from_dict(kwargs["data"])
+        for key in ("options",):
+            if kwargs.get(key) is None:
+                kwargs.pop(key, None)
+        if kwargs.get("example_prompts") is None:
+            kwargs.pop("example_prompts", None)
+        return kwargs
+
+    @property
+    def trained_here(self) -> bool:
+        """True for a run tunekit trained (it has a data description), False for a plain PEFT
+        adapter or model folder opened as a run."""
+        return self.data is not None
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """A recorded option's value (``default`` when the run did not record it)."""
+        value = self.options.get(name)
+        return default if value is None else value
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``tunekit.json`` into ``folder``."""
+        return self._write(folder, RUN_FILE)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "RunInfo | None":
+        """Read ``folder/tunekit.json``; None when the folder has none.
+
+        Raises:
+            ModelError: the file exists but is not a readable record.
+        """
+        path = Path(folder) / RUN_FILE
+        return cls._read(path) if path.exists() else None
+
+
+@dataclass(frozen=True, eq=False)
+class Metrics(_Record):
+    """``metrics.json``: what training measured. Every field may be None (not measured).
+
+    Attributes:
+        train_loss_first / train_loss_last: first and last logged training loss.
+        eval_loss_first / eval_loss_best / eval_loss_last: the base's eval loss (evaluated on
+            start), the best and the last.
+        best_checkpoint: the checkpoint ``load_best_model_at_end`` kept.
+        epochs / steps: passes and optimizer updates done.
+        train_rows / eval_rows / skipped_rows: rows used and dropped.
+        tokens_per_epoch / trained_tokens_per_epoch: tokens, and those carrying loss.
+        tokens_per_second / trained_tokens_per_second / wall_seconds: speed of training.
+        device / dtype: where it ran.
+        peak_memory_bytes / peak_memory_kind: the peak, as ``rss`` or ``cuda_max_allocated``.
+        trainable_params / total_params: parameter counts (4-bit weights at logical size).
+        rows_per_forward: rows per forward pass (CPU may merge micro-batches).
+        estimated_peak_memory_bytes: with ``method="auto"``, the estimate the choice used.
+    """
+
+    train_loss_first: float | None = None
+    train_loss_last: float | None = None
+    eval_loss_first: float | None = None
+    eval_loss_best: float | None = None
+    eval_loss_last: float | None = None
+    best_checkpoint: str | None = None
+    epochs: float | None = None
+    steps: int | None = None
+    train_rows: int | None = None
+    eval_rows: int | None = None
+    skipped_rows: int | None = None
+    tokens_per_epoch: int | None = None
+    trained_tokens_per_epoch: int | None = None
+    tokens_per_second: float | None = None
+    trained_tokens_per_second: float | None = None
+    wall_seconds: float | None = None
+    device: str | None = None
+    dtype: str | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    rows_per_forward: int | None = None
+    estimated_peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``metrics.json`` into ``folder``."""
+        return self._write(folder, METRICS_FILE)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Metrics":
+        """Read ``folder/metrics.json``; empty metrics when the folder has none."""
+        path = Path(folder) / METRICS_FILE
+        return cls._read(path) if path.exists() else cls()
+
+
+def describe_folder(path: str | os.PathLike) -> tuple[RunInfo, Metrics]:
+    """The record of any folder tunekit can open: a tunekit run (its ``tunekit.json``), a plain
+    PEFT adapter (base from ``adapter_config.json``, else the card's ``base_model``) or a full
+    transformers model.
+
+    Raises:
+        ModelError: the folder holds none of these, or an adapter that does not name its base.
+    """
+    path = Path(path)
+    run = RunInfo.load(path)
+    if run is not None:
+        return run, Metrics.load(path)
+    adapter_cfg = path / "adapter_config.json"
+    if adapter_cfg.exists():
+        cfg = json.loads(adapter_cfg.read_text())
+        base = cfg.get("base_model_name_or_path") or card_base_model(path)
+        if not base:
+            raise ModelError(
+                f"{path} is a PEFT adapter that does not name its base model (no base_model_name_or_path "
+                "in adapter_config.json, no base_model in README.md)"
+            )
+        method = "qlora" if "4bit" in json.dumps(cfg).lower() else "lora"
+        return RunInfo(base=base, method=method, adapter=True), Metrics()
+    if (path / "config.json").exists():
+        return RunInfo(base=card_base_model(path) or str(path), method="full", adapter=False), Metrics()
+    raise ModelError(f"{path} holds no tunekit run, PEFT adapter or transformers model")
+
+
+def card_base_model(path: str | os.PathLike) -> str | None:
+    """The ``base_model`` a folder's model card names, or None."""
+    readme = Path(path) / "README.md"
+    if not readme.exists():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        base = ModelCard.load(readme).data.to_dict().get("base_model")
+    except Exception:  # an unreadable card just means we cannot learn the base from it
+        return None
+    return base[0] if isinstance(base, list) and base else base
