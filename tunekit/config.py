@@ -34,3 +34,10 @@ def shipped_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"tunekit's shipped folder {name!r} is missing; reinstall tunekit")
+
+
+def fastpath() -> bool:
+    """``TUNEKIT_FASTPATH=0`` turns tunekit's fast paths off (the fused LoRA forward, attention
+    within rows, the trained-positions loss, kept gradients): training then runs PEFT's and
+    transformers' reference code. On by default."""
+    return os.environ.get("TUNEKIT_FASTPATH", "1").strip().lower() not in ("0", "false", "no", "off")

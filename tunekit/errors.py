@@ -90,3 +90,63 @@ class HubError(TunekitError, RuntimeError):
 
 class TrainingError(TunekitError, RuntimeError):
     """Training stopped for a reason the user can act on (diverged loss, nothing to train on)."""
+
+
+def hub_error(e: Exception, *, repo_id: str | None, action: str, revision: str | None = None,
+              token: str | None = None, what: str = "", hint: str = "",
+              cls: type[TunekitError] | None = None) -> TunekitError:
+    """The one translation of a huggingface_hub exception into tunekit's error, with the hint
+    that fixes it. Use as ``raise hub_error(e, repo_id=..., action="downloading") from e``.
+
+    Args:
+        e: what huggingface_hub raised.
+        repo_id: the repository involved.
+        action: what was being done, as a gerund ("pushing to", "downloading").
+        revision: the revision asked for, for a missing-revision message.
+        token: the token given, if any (changes the hint for a repo that is not found).
+        what: a noun put before the repo id ("base model").
+        hint: a sentence appended: the fix specific to the caller.
+        cls: the error class to raise (default :class:`HubError`; ``ModelError`` for bases).
+
+    Returns:
+        The error to raise; its class's ``repo_id`` is set when it has one.
+    """
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    name = f"{what} {repo_id!r}" if what else repr(repo_id)
+    if isinstance(e, HFValidationError):
+        message = f"{name} is neither a local folder nor a valid Hub repo id (user/name)"
+    elif isinstance(e, RepositoryNotFoundError):
+        access = ("the token given cannot read it" if token else
+                  "if the repo is private, pass token= or set HF_TOKEN to a token that can read it")
+        message = f"{name} was not found on the Hub. Check the name; {access}."
+    elif isinstance(e, RevisionNotFoundError):
+        message = f"{name} has no revision {revision!r}"
+    elif isinstance(e, LocalEntryNotFoundError):
+        message = (f"{name} is not in the local cache and the Hub cannot be reached; connect, or set "
+                   "HF_ENDPOINT to a reachable hub (e.g. `tunekit hub serve`)")
+    elif isinstance(e, HfHubHTTPError):
+        message = f"{action} {name} failed: {hub_reason(e)}"
+    else:
+        message = f"{action} {name} failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if hint:
+        message = f"{message.rstrip('.')}. {hint}"
+    cls = cls or HubError
+    return cls(message, repo_id=repo_id) if issubclass(cls, HubError) else cls(message)
+
+
+def hub_reason(e: Exception) -> str:
+    """One line saying why a Hub request failed, with the fix for refused tokens."""
+    response = getattr(e, "response", None)
+    status = getattr(response, "status_code", None)
+    if status == 401:
+        return "the token was refused (401); log in with `hf auth login` or set HF_TOKEN"
+    if status == 403:
+        return "the token may not write to this repo (403); use a token with write access"
+    return str(e).splitlines()[0]

@@ -7,18 +7,79 @@ matrices B·A with W' = W + (alpha/r)·B·A), the learning rate and the optimize
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
-Method = Literal["full", "lora", "qlora"]
-METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+MethodName = Literal["full", "lora", "qlora"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of adapting a model: the registry's entry that every module reads.
+
+    Attributes:
+        name: the option value (``"full"``, ``"lora"``, ``"qlora"``).
+        label: short display name (``"LoRA"``), for tables and the Space.
+        title: the card's longer name (``"QLoRA (4-bit NF4 base)"``).
+        default_lr: learning rate when ``lr`` is not given (the seeds' defaults, DESIGN §2).
+        peft: True when a LoRA adapter is trained over a frozen base (saved as an adapter).
+        quantized: True when the frozen base is loaded in 4-bit NF4 (bitsandbytes).
+    """
+
+    name: str
+    label: str
+    title: str
+    default_lr: float
+    peft: bool
+    quantized: bool
+
+    def optimizer(self, *, cuda: bool) -> str:
+        """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU.
+        Otherwise the fused AdamW kernel (transformers' own default since torch 2.8): one pass
+        over all parameters instead of a dozen, ~6x faster than the foreach version on CPU."""
+        if self.quantized and cuda:
+            return "paged_adamw_32bit"
+        return "adamw_torch_fused"
+
+    def gradient_checkpointing(self, *, cuda: bool) -> bool:
+        """Recomputing activations costs ~30% more compute: on by default on GPUs (memory is the
+        limit there) and for QLoRA (chosen to save memory), off on CPU for full and LoRA."""
+        return cuda or self.quantized
+
 
 # Seeds' defaults (DESIGN §2): LoRA/QLoRA learn fast at 2e-4; full fine-tuning needs ~10x less.
-DEFAULT_LR = {"full": 2e-5, "lora": 2e-4, "qlora": 2e-4}
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("full", "full fine-tune", "full fine-tuning", 2e-5, peft=False, quantized=False),
+        Method("lora", "LoRA", "LoRA", 2e-4, peft=True, quantized=False),
+        Method("qlora", "QLoRA", "QLoRA (4-bit NF4 base)", 2e-4, peft=True, quantized=True),
+    )
+}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def get(name: str) -> Method:
+    """The registry entry of a method name.
+
+    Raises:
+        ConfigError: not a method name (the message lists them).
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        from .errors import ConfigError
+
+        raise ConfigError(f"method {name!r} is not one of {', '.join(METHODS)}") from None
 
 
 def default_lr(method: str) -> float:
-    return DEFAULT_LR[method]
+    return get(method).default_lr
 
+
+# Seeds' advice: full fine-tuning only pays off from this many examples (method="auto" picks it
+# only then, and only when it fits).
+FULL_MIN_EXAMPLES = 20_000
 
 # Updates a run should get before gradient accumulation is allowed to reduce them. Measured on the
 # order-extraction benchmark (200 rows x 2 epochs, lr 2e-4): 25 updates of 16 rows reached 0.175
@@ -37,26 +98,19 @@ def default_grad_accum(rows: int, batch_size: int, epochs: float) -> int:
 
 
 def uses_peft(method: str) -> bool:
-    return method in ("lora", "qlora")
+    return get(method).peft
 
 
 def quantized(method: str) -> bool:
-    return method == "qlora"
+    return get(method).quantized
 
 
 def optimizer_name(method: str, *, cuda: bool) -> str:
-    """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU.
-    Otherwise the fused AdamW kernel (transformers' own default since torch 2.8): one pass over
-    all parameters instead of a dozen, ~6x faster than the foreach version on CPU."""
-    if method == "qlora" and cuda:
-        return "paged_adamw_32bit"
-    return "adamw_torch_fused"
+    return get(method).optimizer(cuda=cuda)
 
 
 def default_gradient_checkpointing(method: str, *, cuda: bool) -> bool:
-    """Recomputing activations costs ~30% more compute: on by default on GPUs (memory is the
-    limit there) and for QLoRA (chosen to save memory), off on CPU for full and LoRA."""
-    return cuda or method == "qlora"
+    return get(method).gradient_checkpointing(cuda=cuda)
 
 
 def lora_config(

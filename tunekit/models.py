@@ -20,7 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import config
-from .errors import ModelError, ResourceError
+from .errors import ModelError, ResourceError, hub_error
+from .hubid import looks_like_path
+from .placement import Placement
+from .quiet import quiet_bitsandbytes
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,14 @@ def resolve_base(base: str | os.PathLike | None = None, *, revision: str | None 
         if not (local / "config.json").exists():
             raise ModelError(f"{local} has no config.json; point base= at a transformers model folder")
         return Base(text, local, license=_license_from_folder(local))
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+    if looks_like_path(text):
         raise ModelError(f"base model folder {text!r} does not exist")
     return _from_hub(text, revision, token)
 
 
-# Weights only as safetensors: pickled *.bin/*.pt files can run code when loaded.
-BASE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.md"]
+# Weights only as safetensors: pickled *.bin/*.pt files can run code when loaded, so they are
+# never even downloaded. The one list for every transfer of model files (bases, adapters, runs).
+MODEL_PATTERNS = ("*.safetensors", "*.json", "*.jinja", "*.md", "*.txt", "*.model")
 
 
 def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> Base:
@@ -92,7 +96,7 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
 
     try:
         # A cached copy first: it needs no network and makes repeated runs start at once.
-        path = snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS, local_files_only=True,
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_PATTERNS), local_files_only=True,
                                  token=token)
     except HFValidationError as e:
         raise ModelError(f"{repo_id!r} is neither a model folder nor a valid Hub repo id") from e
@@ -104,18 +108,12 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
         path = None
     if path is None and hub_reachable():
         try:
-            path = snapshot_download(repo_id, revision=revision, allow_patterns=BASE_PATTERNS, token=token)
-        except RepositoryNotFoundError as e:
+            path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_PATTERNS), token=token)
+        except (RepositoryNotFoundError, HfHubHTTPError) as e:
             if repo_id != EMBEDDED_ID:
-                raise ModelError(
-                    f"base model {repo_id!r} was not found on the Hub ({_endpoint()}). Check the name; if "
-                    "it is private pass token= (or set HF_TOKEN); or pass base= a local folder."
-                ) from e
-        except HfHubHTTPError as e:
-            if repo_id != EMBEDDED_ID:
-                raise ModelError(
-                    f"could not download base model {repo_id!r} from the Hub: {str(e).splitlines()[0]}"
-                ) from e
+                raise hub_error(e, repo_id=repo_id, action="downloading", what="base model",
+                                revision=revision, token=token, cls=ModelError,
+                                hint=f"The Hub is {_endpoint()}; or pass base= a local folder.") from e
     if path is not None:
         folder = Path(path)
         if not any(folder.glob("*.safetensors")):
@@ -227,33 +225,6 @@ def embedded_model_dir() -> Path:
     return out
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where and in which dtype a model runs."""
-
-    device: str  # "cpu" or "cuda"
-    dtype: "torch.dtype"  # noqa: F821
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.startswith("cuda")
-
-
-def placement(device: str | None = None) -> Placement:
-    """Choose device and dtype: CUDA with bf16 where supported (fp16 otherwise); CPU with fp32,
-    because bf16 matmul on CPU is about 100x slower than fp32 (DESIGN §3)."""
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ResourceError("device='cuda' was asked for but torch sees no CUDA GPU")
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return Placement(device, dtype)
-    return Placement("cpu", torch.float32)
-
-
 def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -288,7 +259,7 @@ def load_model(path: str | os.PathLike, *, where: Placement, quantize_4bit: bool
         )
         kwargs["device_map"] = {"": 0} if where.is_cuda else {"": "cpu"}
     try:
-        with _quiet_bitsandbytes():
+        with quiet_bitsandbytes():
             model = _load_4bit_unmapped(path, kwargs) if quantize_4bit and not trust_remote_code else None
             mapped = model is None
             if mapped:
@@ -387,20 +358,6 @@ def tune_cpu_runtime() -> None:
 
 
 _CPU_TUNED = False
-
-
-class _quiet_bitsandbytes:
-    """bitsandbytes on CPU tries to fetch a faster 4-bit kernel from the Hub and logs a scary
-    'Failed to load CPU gemm_4bit_forward' when offline; its fallback works, so say it once, calmly."""
-
-    def __enter__(self):
-        self._logger = logging.getLogger("bitsandbytes")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc):
-        self._logger.setLevel(self._level)
-        return False
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
