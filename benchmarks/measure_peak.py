@@ -30,6 +30,8 @@ import statistics
 import sys
 import time
 
+from tunekit.methods import METHODS  # light: the registry only
+
 log = logging.getLogger("measure_peak")
 
 
@@ -55,17 +57,19 @@ def _reset_peak() -> bool:
         return False
 
 
-def _load(model_dir: str, method: str, r: int, target_modules, lora_dropout: float):
+def _load(model_dir: str, method: str, r: int, target_modules, dropout: float):
     # tunekit's own loading, so the measurement is of what tunekit runs (e.g. a 4-bit model's
     # checkpoint mapping is released after quantising).
     from tunekit import methods, models
+    from tunekit.placement import placement
 
-    model = models.load_model(model_dir, where=models.placement("cpu"), quantize_4bit=method == "qlora")
-    if methods.uses_peft(method):
+    recipe = methods.get(method)
+    model = models.load_model(model_dir, where=placement("cpu"), quantize_4bit=recipe.quantized)
+    if recipe.peft:
         from peft import get_peft_model
 
         model = get_peft_model(model, methods.lora_config(
-            r=r, alpha=2 * r, dropout=lora_dropout, target_modules=target_modules))
+            r=r, alpha=2 * r, dropout=dropout, target_modules=target_modules))
     return model
 
 
@@ -78,28 +82,32 @@ def measure(
     steps: int = 3,
     r: int = 16,
     target_modules: str | list[str] = "all-linear",
-    lora_dropout: float = 0.05,
+    dropout: float = 0.05,
     gradient_checkpointing: bool = False,
     threads: int | None = None,
 ) -> dict:
-    """Train ``steps`` steps on random tokens and return the memory/speed measurements."""
+    """Train ``steps`` steps on random tokens and return the memory/speed measurements.
+
+    ``dropout`` is the LoRA dropout (``finetune``'s and ``estimate``'s name for it).
+    """
     import torch
     import transformers  # noqa: F401  (imported before the baseline so it counts as overhead)
 
+    from tunekit import methods
     from tunekit.train import peak_rss_bytes
 
-    if method != "full":
+    if methods.get(method).peft:
         import peft  # noqa: F401
-    if method == "qlora":
+    if methods.get(method).quantized:
         import bitsandbytes  # noqa: F401
 
     if threads:
         torch.set_num_threads(threads)
     baseline = _rss_bytes()
-    model = _load(model_dir, method, r, target_modules, lora_dropout)
+    model = _load(model_dir, method, r, target_modules, dropout)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if method != "full":
+        if methods.get(method).peft:
             model.enable_input_require_grads()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -130,7 +138,7 @@ def measure(
         "seq": seq,
         "steps": steps,
         "r": r,
-        "lora_dropout": lora_dropout,
+        "dropout": dropout,
         "gradient_checkpointing": gradient_checkpointing,
         "threads": torch.get_num_threads(),
         "params_trainable": n_trainable,
@@ -147,13 +155,13 @@ def measure(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", nargs="?")
-    p.add_argument("--method", choices=["full", "lora", "qlora"], default="lora")
+    p.add_argument("--method", choices=METHODS, default="lora")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--target-modules", default="all-linear", help="all-linear or q_proj,v_proj")
-    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--dropout", "--lora-dropout", type=float, default=0.05, help="LoRA dropout")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
@@ -173,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=a.steps,
         r=a.r,
         target_modules=targets,
-        lora_dropout=a.lora_dropout,
+        dropout=a.dropout,
         gradient_checkpointing=a.gradient_checkpointing,
         threads=a.threads,
     )

@@ -126,7 +126,7 @@ def seed_estimates() -> dict[str, Estimate]:
             m,
             device="cuda:0",
             dtype="bf16",
-            seq_len=512,
+            max_length=512,
             batch_size=4,
             gradient_checkpointing=True,
             flops=989e12,  # H100 bf16 dense peak; keeps the test off the device probe
@@ -204,7 +204,7 @@ def test_dtype_and_checkpointing_defaults(tiny_dir):
 
 
 def test_table_and_dict(tiny_dir):
-    est = estimate(tiny_dir, "qlora", seq_len=128, device="cpu", flops=1e11, tokens_per_epoch=10**5)
+    est = estimate(tiny_dir, "qlora", max_length=128, device="cpu", flops=1e11, tokens_per_epoch=10**5)
     text = est.table()
     for row in ("weights", "gradients", "optimizer states", "activations", "peak total"):
         assert row in text
@@ -219,10 +219,52 @@ def test_table_and_dict(tiny_dir):
 
 def test_bad_options_reported_together(tiny_dir):
     with pytest.raises(ConfigError) as e:
-        estimate(tiny_dir, "lorax", seq_len=0, optimizer="adam", device="tpu")
+        estimate(tiny_dir, "lorax", max_length=0, optimizer="adam", device="tpu")
     assert len(e.value.problems) == 4
     with pytest.raises(ConfigError, match="matches no linear layer"):
         estimate(tiny_dir, "lora", target_modules=["nope_proj"], device="cpu", flops=1e11)
+
+
+def test_old_keyword_names_still_work_with_a_future_warning():
+    """``seq_len``/``lora_dropout`` are ``finetune``'s ``max_length``/``dropout``; the old names
+    map to the new ones, warn, and give the same estimate."""
+    cfg = smollm2_config()
+    new = estimate(cfg, "lora", max_length=256, dropout=0.0, device="cpu", flops=1e11)
+    with pytest.warns(FutureWarning) as warned:
+        old = estimate(cfg, "lora", seq_len=256, lora_dropout=0.0, device="cpu", flops=1e11)
+    assert [str(w.message) for w in warned] == [
+        "estimate(): seq_len is deprecated; use max_length",
+        "estimate(): lora_dropout is deprecated; use dropout",
+    ]
+    assert all(w.filename == __file__ for w in warned)  # points at the caller's line
+    assert old == new and old.seq_len == old.max_length == 256
+    with pytest.raises(ConfigError, match="max_length"):
+        estimate(cfg, "lora", seq_len=256, max_length=256, device="cpu", flops=1e11)
+    with pytest.raises(TypeError):
+        estimate(cfg, "lora", sequence_length=256, device="cpu", flops=1e11)
+    with pytest.warns(FutureWarning, match=r"choose_method\(\): lora_dropout is deprecated"):
+        m, _, ests = choose_method(cfg, n_examples=10, device="cpu", free_bytes=100 * GB,
+                                   lora_dropout=0.0, flops=1e11)  # fmt: skip
+    assert m == "lora" and ests["lora"] == estimate(cfg, "lora", dropout=0.0, device="cpu", flops=1e11)
+
+
+def test_signature_and_json_keep_one_vocabulary():
+    import inspect
+
+    params = inspect.signature(estimate).parameters
+    assert "max_length" in params and "dropout" in params
+    assert "seq_len" not in params and "lora_dropout" not in params
+    # `tunekit estimate --json` prints to_dict(): its keys are unchanged.
+    d = estimate(tiny_config(), "lora", max_length=64, device="cpu", flops=1e11).to_dict()
+    assert d["seq_len"] == 64 and "max_length" not in d
+
+
+def test_tables_use_the_shared_units():
+    from tunekit.units import format_bytes
+
+    est = estimate(tiny_config(), "lora", device="cpu", flops=1e11)
+    assert "peak total" in est.table() and format_bytes(est.total_bytes) in est.table()
+    assert format_bytes(est.weights_bytes) in comparison_table([est])
 
 
 def test_unreachable_hub_id_is_a_model_error():
@@ -246,9 +288,9 @@ def test_probe_and_free_memory():
 def test_cpu_throughput_matches_design():
     # DESIGN §3: SmolLM2-135M LoRA fp32 on this CPU trains ≈ 100-150 tokens/s (batch 4 x 128);
     # at the ~120 GFLOP/s fp32 the matmul probe reads here.
-    est = estimate(smollm2_config(), "lora", seq_len=128, device="cpu", flops=120e9)
+    est = estimate(smollm2_config(), "lora", max_length=128, device="cpu", flops=120e9)
     assert 100 <= est.tokens_per_second <= 150
-    full = estimate(smollm2_config(), "full", seq_len=128, device="cpu", flops=120e9)
+    full = estimate(smollm2_config(), "full", max_length=128, device="cpu", flops=120e9)
     assert full.tokens_per_second < est.tokens_per_second  # weight gradients of everything
 
 
@@ -273,11 +315,11 @@ def test_choose_method_follows_the_seeds_advice():
 
 def test_choose_method_turns_checkpointing_on_when_needed():
     cfg = smollm2_config()
-    plain = estimate(cfg, "lora", seq_len=512, device="cpu", flops=1e11)
-    ckpt = estimate(cfg, "lora", seq_len=512, device="cpu", flops=1e11, gradient_checkpointing=True)
+    plain = estimate(cfg, "lora", max_length=512, device="cpu", flops=1e11)
+    ckpt = estimate(cfg, "lora", max_length=512, device="cpu", flops=1e11, gradient_checkpointing=True)
     free = int(((plain.total_bytes + ckpt.total_bytes) / 2) * 1.2)
     m, reason, ests = choose_method(
-        cfg, n_examples=100, device="cpu", free_bytes=free, seq_len=512, flops=1e11
+        cfg, n_examples=100, device="cpu", free_bytes=free, max_length=512, flops=1e11
     )
     assert m == "lora" and ests["lora"].gradient_checkpointing, reason
     assert "checkpointing" in reason
@@ -289,7 +331,7 @@ def test_nothing_fits_raises_with_the_table():
                       flops=1e15)  # fmt: skip
     msg = str(e.value)
     assert "no fine-tuning method fits" in msg
-    for word in ("full", "lora", "qlora", "peak total", "optimizer states", "seq_len"):
+    for word in ("full", "lora", "qlora", "peak total", "optimizer states", "max_length"):
         assert word in msg
     assert set(e.value.breakdown) == {"full", "lora", "qlora"}
     assert comparison_table(e.value.breakdown) in msg
@@ -314,7 +356,7 @@ def _check_peak(model_dir, method, **opts):
     est = estimate(
         model_dir,
         method,
-        seq_len=128,
+        max_length=128,
         batch_size=4,
         device="cpu",
         dtype="fp32",
