@@ -5,6 +5,8 @@ cores); `tunekit.preview` shows how the first row of each file is rendered and w
 Run: `python examples/formats.py`.
 """
 
+from __future__ import annotations
+
 import tempfile
 from pathlib import Path
 
@@ -30,5 +32,6 @@ with tempfile.TemporaryDirectory() as runs:
             output_dir=f"{runs}/{path.stem}-{path.suffix[1:]}", progress=False,
             training_args={"max_steps": 2},
         )
-        print(f"trained {result.metrics['steps']} steps on {result.metrics['train_rows']} rows "
-              f"({result.run['data']['format']}); loss {result.metrics['train_loss_first']:.3f}\n")
+        m = result.metrics
+        print(f"trained {m.steps} steps on {m.train_rows} rows ({result.run.data.format}); "
+              f"loss {m.train_loss_first:.3f}\n")

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tunekit.data import MAX_LISTED, DataReport, read_examples, split_examples
+from tunekit.data import (
+    FORMATS as ROW_FORMATS,
+    MAX_LISTED,
+    DataReport,
+    RowProblem,
+    bad_rows_error,
+    read_examples,
+    split_examples,
+)
 from tunekit.errors import ConfigError, DataError, TunekitError
 
 FORMATS = Path(__file__).resolve().parents[1] / "examples" / "data" / "formats"
@@ -379,6 +387,36 @@ def test_hub_hook_wraps_failures(monkeypatch):
     err = data_error("someone/no-such-dataset-xyz")
     assert "'someone/no-such-dataset-xyz' is neither a local file or folder nor a reachable Hub " \
            "dataset" in str(err) and err.path == "someone/no-such-dataset-xyz"
+
+
+def test_bare_dataset_names_go_to_the_hub_and_odd_names_do_not(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    assert "nor a reachable Hub dataset" in str(data_error("no-such-dataset-xyz"))
+    for name in ("trailing.", "a..b", "./local", "a/b/c"):
+        assert str(data_error(name)) == f"{name}: no such file or folder.", name
+
+
+def test_row_problem_and_bad_rows_error():
+    problems = [RowProblem("d.jsonl", 2, "messages[1].role", "unknown role 'bot'", "line"),
+                RowProblem("d.jsonl", 2, None, "too long"), RowProblem(None, None, None, "odd")]
+    assert [str(p) for p in problems] == ["d.jsonl, line 2, messages[1].role: unknown role 'bot'",
+                                          "d.jsonl, row 2: too long", "a row: odd"]
+    err = bad_rows_error(problems, source="d.jsonl", total=5, kept=3)
+    assert str(err).splitlines() == [
+        "d.jsonl: 2 of 5 rows cannot be used:", *(f"  - {p}" for p in problems),
+        'Fix these rows, or pass on_bad_rows="skip" to train on the 3 good rows.']
+    assert (err.path, err.row, err.field) == ("d.jsonl", 2, "messages[1].role")
+    assert err.problems == [str(p) for p in problems]
+    single = problems[0].error()
+    assert str(single) == str(problems[0]) and (single.path, single.row) == ("d.jsonl", 2)
+
+
+def test_format_registry_order():
+    # Detection tries them in this order; a new format is one more entry.
+    assert [f.name for f in ROW_FORMATS] == ["messages", "sharegpt", "alpaca", "prompt_completion",
+                                         "text"]
+    assert all(f.shape in str(data_error([{"answer": 1}])) for f in ROW_FORMATS)
 
 
 def test_import_is_light():

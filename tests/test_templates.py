@@ -19,6 +19,7 @@ from tunekit.templates import (
     preview,
     resolve_template,
 )
+from tunekit.templates.render import render
 
 ALL = ["alpaca", "chatml", "gemma", "llama-3", "mistral", "phi-3", "qwen-2", "zephyr"]
 
@@ -452,7 +453,8 @@ def test_row_without_trained_tokens_names_the_row(smol_tokenizer):
     messages = [dict(m, weight=0) if m["role"] == "assistant" else m for m in CONVERSATION]
     with pytest.raises(DataError, match="row 12") as err:
         encode(chat_row(messages, row=12), smol_tokenizer)
-    assert err.value.row == 12
+    assert err.value.row == 12 and err.value.field == "messages"
+    assert str(err.value).startswith("row 12, messages: no token to train on")
     # "all" trains every token, weight-0 turns included.
     encode(chat_row(messages, row=12), smol_tokenizer, train_on="all")
 
@@ -487,8 +489,13 @@ def test_encode_all_collects_every_bad_row_into_one_error(smol_tokenizer):
     with pytest.raises(DataError) as err:
         encode_all(rows, smol_tokenizer, max_length=30, source="chats.jsonl")
     assert err.value.path == "chats.jsonl" and err.value.row == 2
-    assert len(err.value.problems) == 2
-    assert "2 of 4 rows in chats.jsonl" in str(err.value) and "on_bad_rows='skip'" in str(err.value)
+    assert len(err.value.problems) == 2 and err.value.field == "messages"
+    # The same report tunekit.data gives for rows it cannot read (one wording for bad rows).
+    lines = str(err.value).splitlines()
+    assert lines[0] == "chats.jsonl: 2 of 4 rows cannot be used:"
+    assert lines[1].startswith("  - chats.jsonl, row 2, messages: ") and "max_length=30" in lines[1]
+    assert lines[2].startswith("  - chats.jsonl, row 4, messages: ")
+    assert lines[3] == 'Fix these rows, or pass on_bad_rows="skip" to train on the 2 good rows.'
     kept, skipped = encode_all(rows, smol_tokenizer, max_length=30, on_bad_rows="skip")
     assert len(kept) == 2 and len(skipped) == 2 and "row 4" in skipped[1]
 
@@ -498,8 +505,10 @@ def test_encode_all_caps_the_listed_problems(smol_tokenizer):
     rows = [chat_row(row=i) for i in range(1, 31)]
     with pytest.raises(DataError) as err:
         encode_all(rows, smol_tokenizer, max_length=5)
-    assert len(err.value.problems) == 20
-    assert "… and 10 more" in str(err.value)
+    # 20 problems listed, then the count of the rest (as tunekit.data.MAX_LISTED caps them).
+    assert len(err.value.problems) == 21 and err.value.problems[-1] == "... and 10 more"
+    assert "  - ... and 10 more\n" in str(err.value)
+    assert str(err.value).endswith("Fix these rows; none can be used as they are.")
 
 
 def test_encode_all_without_bad_rows(smol_tokenizer):
@@ -546,3 +555,34 @@ def test_preview_in_color_and_with_a_bad_row(smol_tokenizer):
     out = preview([chat_row(), bad], smol_tokenizer, color=True)
     assert f"\x1b[32m{TRAINED[0]}<|im_end|>\x1b[0m" in out and "⟦" not in out
     assert "row 5" in out and "no token to train on" in out
+
+
+def test_encode_all_names_a_rows_own_file(smol_tokenizer):
+    installed(smol_tokenizer, "chatml")
+    rows = [dict(chat_row(row=3), file="data/b.jsonl"), {"text": "fine", "row": 1}]
+    with pytest.raises(DataError) as err:
+        encode_all(rows, smol_tokenizer, max_length=10, source="data")
+    assert err.value.problems[0].startswith("data/b.jsonl, row 3, messages: ")
+    assert err.value.path == "data/b.jsonl" and err.value.row == 3
+    assert str(err.value).startswith("data: 1 of 2 rows cannot be used:")
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+WITH_TOOLS = (
+    "{% if tools %}{{ 'Tools: ' + (tools | tojson) + '\\n' }}{% endif %}"
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m['content'] + '\\n' }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("tools", [None, [{"type": "function", "function": {"name": "now"}}]])
+def test_render_matches_apply_chat_template(smol_tokenizer, tools):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    text, spans = render(smol_tokenizer, WITH_TOOLS, messages, tools=tools)
+    expected = smol_tokenizer.apply_chat_template(
+        messages, chat_template=WITH_TOOLS, tools=tools, tokenize=False
+    )
+    assert text == expected and ("Tools: " in text) == bool(tools)
+    assert [text[a:b] for a, b in spans] == ["Hello<|im_end|>"]

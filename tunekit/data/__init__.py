@@ -1,0 +1,51 @@
+"""Training data: read it from anywhere, detect its format, normalise, validate, split.
+
+Every source ends up as a list of :class:`Example` dicts in one of two shapes::
+
+    {"messages": [{"role": "user", "content": "...", "weight": 0},
+                  {"role": "assistant", "content": "...", "weight": 1}], "row": 3}
+    {"text": "...", "row": 3}
+
+``weight`` is 1 on the assistant messages the model learns from and 0 everywhere else. ``row``
+locates the example in its source (the file line for jsonl, the data row for csv, index + 1
+otherwise) so later stages (token-length checks, previews) can point at it. Examples read from
+a folder of several files also carry ``"file"``. No tokenizer here: this module counts
+characters, not tokens.
+
+Modules, one job each: ``sources`` (opening paths, folders, Hub data sets, ``datasets`` and
+``pandas`` objects), ``formats`` (the format table, detection, converters), ``checks`` (the row
+checks the converters share), ``schema`` (the normalised shape), ``problems`` (bad-row reports),
+``reader`` (``read_examples``, ``split_examples``).
+
+Bad rows are reported the same way everywhere (here and in ``tunekit.templates``): each as a
+:class:`RowProblem` (file, line or row, field, what to do), all of them in one error from
+:func:`bad_rows_error`.
+"""
+
+from __future__ import annotations
+
+from .checks import Problems
+from .formats import FORMATS, Format, format_help
+from .problems import MAX_LISTED, RowProblem, bad_rows_error, skipped_message
+from .reader import MAX_CHARS, DataReport, read_examples, split_examples
+from .schema import ROLES, Example, Message
+from .sources import SUPPORTED_EXTENSIONS
+
+__all__ = [
+    "FORMATS",
+    "MAX_CHARS",
+    "MAX_LISTED",
+    "ROLES",
+    "SUPPORTED_EXTENSIONS",
+    "DataReport",
+    "Example",
+    "Format",
+    "Message",
+    "Problems",
+    "RowProblem",
+    "bad_rows_error",
+    "format_help",
+    "read_examples",
+    "skipped_message",
+    "split_examples",
+]

@@ -1,0 +1,212 @@
+"""The reader: any source to normalised, validated examples, and the train/eval split.
+
+``read_examples`` opens the source (``tunekit.data.sources``), recognises and converts each
+row (``tunekit.data.formats``), and reports every bad row at once (``tunekit.data.problems``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tunekit.errors import ConfigError, DataError
+
+from .checks import Problems, keys, kind
+from .formats import Format, detect, format_help, table_format
+from .problems import RowProblem, bad_rows_error, skipped_message
+from .schema import Example
+from .sources import Source, Unreadable, open_source
+
+# The package's name, not this module's: the logger users configure stays "tunekit.data".
+log = logging.getLogger("tunekit.data")
+
+MAX_CHARS = 100_000
+"""Default ``max_chars``: a row longer than this is almost surely a mistake (a whole book)."""
+
+
+@dataclass
+class DataReport:
+    """What ``read_examples`` read and what it kept.
+
+    Attributes:
+        source: where the rows came from: a file or folder path, ``"dataset <id>"``,
+            ``"list of dicts"``, ``"datasets.Dataset"``, ``"pandas.DataFrame"``.
+        format: ``messages``, ``sharegpt``, ``alpaca``, ``prompt_completion`` or ``text``.
+        rows: rows read (blank jsonl lines are not rows; unparseable ones are).
+        kept: rows that became examples.
+        skipped: the problems of the rows dropped with ``on_bad_rows="skip"``.
+        hub_dataset: the Hub dataset id when the data came from the Hub.
+        files: the files read, for file and folder sources.
+    """
+
+    source: str
+    format: str
+    rows: int
+    kept: int
+    skipped: list[str] = field(default_factory=list)
+    hub_dataset: str | None = None
+    files: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        dropped = f", skipped {self.rows - self.kept}" if self.kept < self.rows else ""
+        return f"{self.source}: {self.kept} {self.format} examples from {self.rows} rows{dropped}"
+
+
+# The engine.
+
+
+def _normalise(src: Source, max_chars: int) -> tuple[Format, list[Example], list[RowProblem]]:
+    if not src.rows:
+        raise DataError(f"{src.label}: no rows; the data is empty.", path=src.label)
+    first = None  # (row, format) of the first recognised row; tabular data needs no vote
+    if src.columns is not None:
+        fmt = table_format(src)
+    else:
+        objects = [(n, r) for n, r in src.rows if isinstance(r, dict)]
+        first = next(((n, f) for n, r in objects if (f := detect(r))), None)
+        if first is None:
+            n, r = (objects or src.rows)[0]
+            got = f"keys {keys(r)}" if isinstance(r, dict) else "no JSON objects"
+            raise DataError(f"{src.label}: no row is in a format tunekit reads ({src.unit} {n} "
+                            f"has {got}). Use one of: {format_help()}.", path=src.label, row=n)
+        fmt = first[1]
+    examples: list[Example] = []
+    bad: list[RowProblem] = []
+    for n, raw in src.rows:
+        problems: Problems = []
+        row_fmt = (fmt if first is None else detect(raw)) if isinstance(raw, dict) else None
+        if isinstance(raw, Unreadable):
+            problems.append((None, str(raw)))
+        elif not isinstance(raw, dict):
+            problems.append((None, f"expected an object, got {kind(raw)}; each row must be "
+                                   f"one object like {fmt.shape}"))
+        elif row_fmt is None:
+            problems.append((None, f"keys {keys(raw)} match no format; use one of: "
+                                   f"{format_help()}"))
+        elif row_fmt is not fmt:
+            problems.append((None, f"this row is {row_fmt.name} but {src.unit} {first[0]} is "
+                                   f"{fmt.name}; use one format per file ({fmt.shape})"))
+        elif lacking := [k for k in fmt.needs if k not in raw]:
+            problems.append((lacking[0], f"missing; {fmt.name} rows need {keys(fmt.needs)}"))
+        else:
+            example = fmt.convert(raw, problems)
+            chars = sum(len(m["content"]) for m in example.get("messages", ()))
+            chars += len(example.get("text", ""))
+            if chars > max_chars:
+                problems.append((None, f"{chars:,} characters, over max_chars={max_chars:,}; "
+                                       "shorten or split it, or raise max_chars"))
+            if not problems:
+                examples.append({**example, "row": n})
+        bad += [RowProblem(src.label, n, f, m, src.unit) for f, m in problems]
+    return fmt, examples, bad
+
+
+def read_examples(
+    source: Any,
+    *,
+    on_bad_rows: Literal["raise", "skip"] = "raise",
+    split: str = "train",
+    max_chars: int = MAX_CHARS,
+) -> tuple[list[Example], DataReport]:
+    """Read training data from anywhere, in any common format, as normalised examples.
+
+    Args:
+        source: a ``.jsonl``/``.json``/``.csv``/``.parquet`` path, a folder of them (its
+            ``{split}.*`` files if it has any, otherwise all, in sorted order), a Hub dataset id
+            (``"user/name"``, when no such local path exists; ``HF_ENDPOINT`` is honoured), a
+            ``datasets.Dataset``/``DatasetDict``, a ``pandas.DataFrame`` or a list of dicts.
+        on_bad_rows: ``"raise"`` stops on any bad row, listing them all; ``"skip"`` drops them,
+            records them in ``report.skipped`` and logs a warning.
+        split: the split of a Hub dataset, ``DatasetDict`` or split-laid-out folder.
+        max_chars: rows with more characters than this are bad rows (likely a mistake).
+
+    Returns:
+        The examples (see ``tunekit.data``'s docstring for their shape) and a ``DataReport``.
+
+    Raises:
+        DataError: the source cannot be read, is empty, matches no format, has bad rows (with
+            ``"raise"``), or no rows remain. ``path``/``row``/``field`` locate the first problem.
+        ConfigError: ``on_bad_rows`` or ``max_chars`` is invalid.
+
+    Example:
+        >>> examples, report = read_examples("examples/data/formats/alpaca.csv")
+        >>> examples[0]["messages"][-1]["role"], report.format
+        ('assistant', 'alpaca')
+    """
+    if on_bad_rows not in ("raise", "skip"):
+        raise ConfigError(f'on_bad_rows must be "raise" or "skip", got {on_bad_rows!r}')
+    if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
+        raise ConfigError(f"max_chars must be a positive integer, got {max_chars!r}")
+    label, sources, hub_id = open_source(source, split)
+    first_fmt, examples, bad, rows = None, [], [], 0
+    for src in sources:
+        fmt, kept, problems = _normalise(src, max_chars)
+        if first_fmt and fmt.name != first_fmt[1]:
+            raise DataError(f"{label}: {src.label} is {fmt.name} but {first_fmt[0]} is "
+                            f"{first_fmt[1]}; use one format for all files.", path=src.label)
+        first_fmt = first_fmt or (src.label, fmt.name)
+        if len(sources) > 1:  # rows restart in each file, so say which file each came from
+            kept = [{**e, "file": src.label} for e in kept]
+        examples, bad, rows = examples + kept, bad + problems, rows + len(src.rows)
+    files = [s.label for s in sources] if isinstance(source, (str, Path)) and not hub_id else []
+    report = DataReport(label, first_fmt[1], rows, len(examples), hub_dataset=hub_id, files=files)
+    if bad and on_bad_rows == "raise":
+        raise bad_rows_error(bad, source=label, total=rows, kept=len(examples))
+    if bad:
+        report.skipped = [str(p) for p in bad]
+        log.warning("%s", skipped_message(bad, source=label, total=rows, kept=len(examples)))
+    if not examples:
+        raise DataError(f"{label}: no usable rows remain (all {rows:,} were skipped); first "
+                        f"problem: {bad[0]}.", path=label)
+    log.info("%s", report.summary())
+    return examples, report
+
+
+def split_examples(
+    examples: list[Example], eval_split: float | int = 0.1, *, seed: int = 42
+) -> tuple[list[Example], list[Example]]:
+    """Split examples into train and eval sets, the same way every time for a seed.
+
+    Which examples go to eval is drawn with ``random.Random(seed)``; both lists keep the input
+    order.
+
+    Args:
+        examples: what ``read_examples`` returned.
+        eval_split: a fraction (``0 < x < 1``, rounded down) or a count (int ``>= 1``) of
+            examples to hold out; ``0`` holds out none. Train always keeps at least one example,
+            so small data sets may get an empty eval list (e.g. 9 rows with 0.1): the caller
+            decides whether to train without evaluation.
+        seed: the shuffle seed.
+
+    Returns:
+        ``(train, eval)``.
+
+    Raises:
+        ConfigError: ``eval_split`` is neither a fraction in (0, 1) nor a non-negative int.
+
+    Example:
+        >>> train, held = split_examples([{"text": str(i), "row": i} for i in range(20)], 0.1)
+        >>> len(train), len(held)
+        (18, 2)
+    """
+    fraction = isinstance(eval_split, float) and 0 < eval_split < 1
+    count = isinstance(eval_split, int) and not isinstance(eval_split, bool) and eval_split >= 0
+    if not (fraction or count or eval_split == 0.0 and isinstance(eval_split, float)):
+        raise ConfigError(f"eval_split must be a fraction between 0 and 1 (e.g. 0.1) or a number "
+                          f"of examples (e.g. 50), got {eval_split!r}")
+    n = len(examples)
+    # The epsilon keeps float noise (0.29 * 100 = 28.999...) from losing a row.
+    wanted = math.floor(n * eval_split + 1e-9) if fraction else int(eval_split)
+    n_eval = max(0, min(wanted, n - 1))
+    if count and n_eval < wanted:
+        log.warning("eval_split=%d but only %d examples; holding out %d", wanted, n, n_eval)
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])

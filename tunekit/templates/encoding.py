@@ -1,0 +1,272 @@
+"""Encoding rows for training: token ids, and labels that carry loss only where they should.
+
+A chat row is rendered with the tokenizer's installed template (:func:`render`), then tokenized
+piece by piece at the edges of its ``{% generation %}`` blocks, so the trained tokens are
+exactly each assistant message's content and end-of-turn token. Bad rows are reported with
+``tunekit.data``'s :class:`~tunekit.data.RowProblem`, the same wording the reader uses.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from ..data import RowProblem, bad_rows_error, skipped_message
+from ..errors import ConfigError, DataError, TemplateError
+from .registry import marker_help
+from .render import Span, render
+
+logger = logging.getLogger("tunekit.templates")
+
+IGNORE_INDEX = -100
+"""Label of a token that carries no loss (what PyTorch's cross-entropy and transformers ignore)."""
+
+_TRAIN_ON = ("assistant", "all")
+_ON_BAD_ROWS = ("raise", "skip")
+
+
+def check_options(train_on: str, on_bad_rows: str = "raise") -> None:
+    """Raise one ``ConfigError`` naming every bad ``train_on`` / ``on_bad_rows`` value."""
+    problems = []
+    if train_on not in _TRAIN_ON:
+        problems.append(f"train_on={train_on!r}: use one of {', '.join(map(repr, _TRAIN_ON))}")
+    if on_bad_rows not in _ON_BAD_ROWS:
+        problems.append(
+            f"on_bad_rows={on_bad_rows!r}: use one of {', '.join(map(repr, _ON_BAD_ROWS))}"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+class _Rejected(Exception):
+    """This row cannot be used: ``encode`` raises it as a DataError, ``encode_all`` lists it."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _encode_after_newline(tokenizer, piece: str, newline_ids: list[int]) -> list[int]:
+    # SentencePiece tokenizers add a prefix space at the start of a string; encoding the piece
+    # after a newline and dropping the newline gives its ids as they are mid-text. transformers
+    # uses the same trick (chat_template_utils._encode_chat_piece).
+    ids = tokenizer.encode("\n" + piece, add_special_tokens=False)
+    if ids[: len(newline_ids)] == newline_ids:
+        return ids[len(newline_ids) :]
+    return tokenizer.encode(piece, add_special_tokens=False)
+
+
+def _tokenize_spans(tokenizer, text: str, spans: list[Span]) -> tuple[list[int], list[int]]:
+    """Tokenize ``text`` cut at the span edges; return ids and, per token, its span index or -1.
+
+    Cutting at the edges (rather than tokenizing the whole text and mapping characters back, as
+    ``apply_chat_template`` does) guarantees the trained tokens are exactly the span's text: when
+    a template's markers are not single tokens, byte-level BPE merges across the edge (``|><|``
+    in ``<|eot_id|><|start_header_id|>``) and the whole-text mask would train part of the next
+    header. It also matches inference, where the reply's tokens start fresh after the prompt.
+    When the markers are single tokens both ways give the same ids.
+    """
+    newline_ids = tokenizer.encode("\n", add_special_tokens=False)
+    edges = [0]
+    for start, end in spans:
+        if start < edges[-1]:
+            raise TemplateError("The chat template's {% generation %} blocks overlap or nest.")
+        edges += [start, end]
+    edges.append(len(text))
+    ids: list[int] = []
+    owner: list[int] = []
+    for k, (start, end) in enumerate(zip(edges, edges[1:])):
+        piece = text[start:end]
+        if not piece:
+            continue
+        if ids:
+            piece_ids = _encode_after_newline(tokenizer, piece, newline_ids)
+        else:
+            piece_ids = tokenizer.encode(piece, add_special_tokens=False)
+        ids += piece_ids
+        owner += [k // 2 if k % 2 else -1] * len(piece_ids)
+    return ids, owner
+
+
+def _installed_template(tokenizer) -> str:
+    try:
+        return tokenizer.get_chat_template()
+    except ValueError as e:
+        raise TemplateError(
+            "The tokenizer has no chat template; call apply_template(tokenizer, "
+            "resolve_template(tokenizer)) first."
+        ) from e
+
+
+def _render_row(tokenizer, example: dict) -> tuple[str, list[Span]]:
+    """Render a chat row with the installed template, telling template faults from row faults."""
+    import jinja2
+
+    # Only what the template reads: tunekit's weight stays out. Tool calling adds the messages'
+    # tool keys here and passes render(..., tools=example.get("tools")).
+    chat = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    try:
+        return render(tokenizer, _installed_template(tokenizer), chat)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(f"The chat template has a Jinja syntax error: {e}") from e
+    except (jinja2.TemplateError, TypeError) as e:
+        # raise_exception() in a template (e.g. roles that do not alternate), or content of the
+        # wrong type, is about this row, not the template.
+        raise _Rejected(
+            "messages",
+            f"the chat template rejects this conversation: {e}. Fix the row's messages (roles, "
+            "order) or choose another template.",
+        ) from e
+
+
+def _encode_messages(example: dict, tokenizer, train_on: str) -> tuple[list[int], list[int]]:
+    text, spans = _render_row(tokenizer, example)
+    assistant = [m for m in example["messages"] if m["role"] == "assistant"]
+    if len(spans) != len(assistant):
+        row = example.get("row")
+        raise TemplateError(
+            f"The chat template marked {len(spans)} {{% generation %}} blocks for "
+            f"{len(assistant)} assistant messages ({'a row' if row is None else f'row {row}'}); "
+            "it needs exactly one per assistant message. " + marker_help()
+        )
+    ids, owner = _tokenize_spans(tokenizer, text, spans)
+    if train_on == "all":
+        return ids, list(ids)
+    # A missing or null weight means 1: only an explicit 0 keeps a reply as context.
+    trained_spans = {i for i, m in enumerate(assistant) if m.get("weight") is None or m["weight"]}
+    labels = [t if o in trained_spans else IGNORE_INDEX for t, o in zip(ids, owner)]
+    return ids, labels
+
+
+def _encode_text(example: dict, tokenizer) -> list[int]:
+    # add_special_tokens=True: plain text gets the tokenizer's own BOS (e.g. Llama), as in
+    # pre-training; no chat template is involved, so there is no risk of a second one.
+    ids = list(tokenizer(example["text"], add_special_tokens=True)["input_ids"])
+    eos_id = tokenizer.eos_token_id
+    if eos_id is not None and ids[-1:] != [eos_id]:
+        ids.append(eos_id)
+    return ids
+
+
+def _encode_row(example: dict, tokenizer, train_on: str, max_length: int | None) -> dict:
+    """:func:`encode` after its option check; a bad row raises ``_Rejected``."""
+    if "messages" in example:
+        field = "messages"
+        ids, labels = _encode_messages(example, tokenizer, train_on)
+    elif "text" in example:
+        field = "text"
+        ids = _encode_text(example, tokenizer)
+        labels = list(ids)
+    else:
+        raise _Rejected(None, "neither 'messages' nor 'text'; normalise it with tunekit.data "
+                              "first.")
+    if max_length is not None and len(ids) > max_length:
+        raise _Rejected(
+            field,
+            f"{len(ids)} tokens long, more than max_length={max_length}. Raise max_length (to at "
+            f"least {len(ids)}) or shorten or split the row.",
+        )
+    if all(label == IGNORE_INDEX for label in labels):
+        raise _Rejected(
+            field,
+            "no token to train on (no assistant message with weight 1). Give it an assistant "
+            "reply, set a weight to 1, or drop the row.",
+        )
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode(
+    example: dict,
+    tokenizer,
+    *,
+    train_on: Literal["assistant", "all"] = "assistant",
+    max_length: int | None = None,
+) -> dict:
+    """Tokenize one row and build its labels.
+
+    Args:
+        example: a normalised row (:class:`tunekit.data.Example`):
+            ``{"messages": [{"role", "content", "weight"?}, …], "row": n}`` or
+            ``{"text": str, "row": n}``. ``weight`` (default 1) only matters for assistant
+            messages: 0 keeps the turn as context without training on it.
+        tokenizer: a tokenizer with the chat template installed (:func:`apply_template`).
+        train_on: ``"assistant"`` trains exactly the content plus end-of-turn token of each
+            assistant message with weight 1 (everything else is context); ``"all"`` trains every
+            token, including system and user text and weight-0 turns. Text rows train every
+            token either way.
+        max_length: longest row allowed, in tokens; longer rows are an error (never silently
+            truncated, which would drop the answers at the end).
+
+    Returns:
+        ``{"input_ids": [...], "labels": [...]}`` with labels ``-100`` where there is no loss
+        (not shifted: the model shifts them).
+
+    Raises:
+        DataError: the row is longer than ``max_length``, has no trained token, or the template
+            rejects it (e.g. roles that do not alternate); the message starts ``"row N, field:"``.
+        TemplateError: the installed template lacks (or misplaces) generation markers.
+
+    Example:
+        >>> encode({"messages": [{"role": "user", "content": "Hi"},
+        ...                      {"role": "assistant", "content": "Hello"}], "row": 1},
+        ...        tokenizer)  # doctest: +SKIP
+        {'input_ids': [...], 'labels': [-100, ..., 19556, 2]}
+    """
+    check_options(train_on)
+    try:
+        return _encode_row(example, tokenizer, train_on, max_length)
+    except _Rejected as e:
+        problem = RowProblem(example.get("file"), example.get("row"), e.field, e.message)
+        raise problem.error() from e.__cause__
+
+
+def encode_all(
+    examples: list[dict],
+    tokenizer,
+    *,
+    train_on: Literal["assistant", "all"] = "assistant",
+    max_length: int | None = None,
+    on_bad_rows: Literal["raise", "skip"] = "raise",
+    source: str = "data",
+) -> tuple[list[dict], list[str]]:
+    """Encode every row, collecting the bad ones instead of stopping at the first.
+
+    Args:
+        examples: rows as accepted by :func:`encode`; a row without ``"row"`` is numbered by
+            its 1-based position.
+        tokenizer: a tokenizer with the chat template installed.
+        train_on: see :func:`encode`.
+        max_length: see :func:`encode`.
+        on_bad_rows: ``"raise"`` raises one error listing every bad row; ``"skip"`` drops them
+            and logs a warning.
+        source: where the rows came from (a file name), for messages; a row's own ``"file"``
+            names it instead.
+
+    Returns:
+        ``(encoded rows, problems)``: the problems (one line per skipped row) are empty unless
+        rows were skipped.
+
+    Raises:
+        DataError: with ``on_bad_rows="raise"``, when any row is bad: the same report
+            ``tunekit.data.read_examples`` gives (:func:`tunekit.data.bad_rows_error`).
+        TemplateError: the template lacks generation markers (not a row problem).
+    """
+    check_options(train_on, on_bad_rows)
+    encoded: list[dict] = []
+    problems: list[RowProblem] = []
+    for position, example in enumerate(examples, start=1):
+        if "row" not in example:
+            example = {**example, "row": position}
+        try:
+            encoded.append(_encode_row(example, tokenizer, train_on, max_length))
+        except _Rejected as e:
+            where = example.get("file") or source
+            problems.append(RowProblem(where, example["row"], e.field, e.message))
+    if problems and on_bad_rows == "raise":
+        raise bad_rows_error(problems, source=source, total=len(examples), kept=len(encoded))
+    if problems:
+        logger.warning(
+            "%s", skipped_message(problems, source=source, total=len(examples), kept=len(encoded))
+        )
+    return encoded, [str(p) for p in problems]

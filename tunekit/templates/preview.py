@@ -1,0 +1,69 @@
+"""Previewing rows as the model will see them, with the trained tokens marked."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from ..errors import DataError
+from .encoding import IGNORE_INDEX, check_options, encode
+
+_GREEN = "\x1b[32m"
+_RESET = "\x1b[0m"
+
+
+def _marked_text(tokenizer, ids: list[int], labels: list[int], opening: str, closing: str) -> str:
+    text = []
+    start = 0
+    # Decode runs of equally-marked tokens so multi-token characters stay whole.
+    for end in range(1, len(ids) + 1):
+        is_trained = labels[start] != IGNORE_INDEX
+        if end == len(ids) or (labels[end] != IGNORE_INDEX) != is_trained:
+            chunk = tokenizer.decode(ids[start:end], skip_special_tokens=False)
+            text.append(f"{opening}{chunk}{closing}" if is_trained else chunk)
+            start = end
+    return "".join(text)
+
+
+def preview(
+    examples: list[dict],
+    tokenizer,
+    *,
+    n: int = 3,
+    train_on: Literal["assistant", "all"] = "assistant",
+    color: bool = False,
+) -> str:
+    """Show how the first ``n`` rows are rendered and which tokens are trained.
+
+    Args:
+        examples: rows as accepted by :func:`~tunekit.templates.encode`.
+        tokenizer: a tokenizer with the chat template installed.
+        n: how many rows to show.
+        train_on: see :func:`~tunekit.templates.encode`.
+        color: mark trained text in green (ANSI) instead of wrapping it in ``⟦…⟧``.
+
+    Returns:
+        A legend line, then per row a header with its token counts (total / trained) and its
+        text with the trained spans marked. A bad row shows its problem instead.
+    """
+    check_options(train_on)
+    opening, closing = (_GREEN, _RESET) if color else ("⟦", "⟧")
+    legend = (
+        "legend: green text is trained (carries loss); the rest is context"
+        if color
+        else "legend: ⟦…⟧ marks trained tokens (carry loss); the rest is context"
+    )
+    parts = [legend]
+    for position, example in enumerate(examples[:n], start=1):
+        row = example.get("row", position)
+        try:
+            enc = encode({**example, "row": row}, tokenizer, train_on=train_on)
+        except DataError as e:
+            parts.append(f"── example {position} (row {row}): cannot be encoded ──\n{e}")
+            continue
+        ids, labels = enc["input_ids"], enc["labels"]
+        trained = sum(label != IGNORE_INDEX for label in labels)
+        parts.append(
+            f"── example {position} (row {row}): {len(ids)} tokens, {trained} trained ──"
+        )
+        parts.append(_marked_text(tokenizer, ids, labels, opening, closing))
+    return "\n".join(parts)
