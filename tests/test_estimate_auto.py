@@ -22,6 +22,7 @@ FAST = dict(epochs=1, batch_size=4, grad_accum=1, max_length=128, progress=False
 
 # `tunekit.estimate` is the function; the module (whose free_memory is the hook) is this one.
 estimate_module = importlib.import_module("tunekit.estimate")
+plan = importlib.import_module("tunekit.plan")
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_auto_is_the_default_and_a_valid_choice():
 
 def test_auto_picks_lora_when_it_fits_logs_why_and_records_it(tiny_model_dir, chat_rows, tmp_path, free, caplog):
     free(64 * GB)
-    with caplog.at_level(logging.INFO, logger="tunekit.train"):
+    with caplog.at_level(logging.INFO, logger="tunekit.plan"):
         result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(tmp_path / "r"), **FAST)
     assert result.method == "lora" and result.adapter
     lines = [r.getMessage() for r in caplog.records if "method='auto'" in r.getMessage()]
@@ -77,15 +78,15 @@ def test_an_explicit_method_is_not_second_guessed(tiny_model_dir, chat_rows, tmp
 
 
 def _resolve(free, n_bytes, *, device="cuda", n_examples=500, seq_len=512, **options):
-    """train._choose_method for a planned device (no GPU needed: nothing is loaded)."""
+    """plan.auto_method for a planned device (no GPU needed: nothing is loaded)."""
     import torch
 
-    from tunekit.models import Placement
+    from tunekit.placement import Placement
 
     free(n_bytes)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rows = [{"input_ids": [0] * seq_len}] * n_examples
-    return train._choose_method(Options(**options), LLAMA_8B, rows, Placement(device, dtype))
+    return plan.auto_method(Options(**options), LLAMA_8B, rows, Placement(device, dtype))
 
 
 def test_auto_follows_the_seeds_advice_on_an_8b_model(free):
@@ -101,8 +102,8 @@ def test_auto_follows_the_seeds_advice_on_an_8b_model(free):
 def test_auto_turns_checkpointing_on_for_training_when_only_that_fits(free, tiny_model_dir):
     from tunekit.estimate import estimate
 
-    kw = dict(seq_len=128, batch_size=4, grad_accum=4, device="cpu", dtype="fp32", tokens_per_epoch=128 * 8,
-              lora_dropout=0.05)
+    kw = dict(max_length=128, batch_size=4, grad_accum=4, device="cpu", dtype="fp32", tokens_per_epoch=128 * 8,
+              dropout=0.05)
     plain = estimate(str(tiny_model_dir), "lora", **kw)
     ckpt = estimate(str(tiny_model_dir), "lora", gradient_checkpointing=True, **kw)
     assert ckpt.total_bytes < plain.total_bytes
@@ -110,15 +111,15 @@ def test_auto_turns_checkpointing_on_for_training_when_only_that_fits(free, tiny
 
     import torch
 
-    from tunekit.models import Placement
+    from tunekit.placement import Placement
 
     free(between)
     rows = [{"input_ids": [0] * 128}] * 8
-    choice = train._choose_method(Options(), tiny_model_dir, rows, Placement("cpu", torch.float32))
+    choice = plan.auto_method(Options(), tiny_model_dir, rows, Placement("cpu", torch.float32))
     assert choice["gradient_checkpointing"] is True and "checkpointing on" in choice["reason"], choice
     # The user's explicit "no checkpointing" is respected: LoRA then does not fit (QLoRA neither).
     with pytest.raises(ResourceError):
-        train._choose_method(Options(gradient_checkpointing=False), tiny_model_dir, rows,
+        plan.auto_method(Options(gradient_checkpointing=False), tiny_model_dir, rows,
                              Placement("cpu", torch.float32))
 
 
@@ -129,7 +130,7 @@ def test_training_follows_the_choice_qlora(tiny_model_dir, chat_rows, tmp_path, 
     real = estimate_module.choose_method
 
     def only_qlora(base, **kw):
-        _, _, ests = real(base, free_bytes=10**15, **kw)
+        _, _, ests = real(base, **{**kw, "free_bytes": 10**15})
         return "qlora", "qlora: only the 4-bit base fits (test)", ests
 
     monkeypatch.setattr(estimate_module, "choose_method", only_qlora)
@@ -158,12 +159,12 @@ def test_unestimable_architecture_falls_back_to_lora(tiny_model_dir, free, monke
     import torch
 
     from tunekit.errors import ModelError
-    from tunekit.models import Placement
+    from tunekit.placement import Placement
 
     def broken(*a, **k):
         raise ModelError("transformers cannot build a causal LM from this config (custom)")
 
     monkeypatch.setattr(estimate_module, "choose_method", broken)
-    with caplog.at_level(logging.WARNING, logger="tunekit.train"):
-        choice = train._choose_method(Options(), tiny_model_dir, [{"input_ids": [0]}], Placement("cpu", torch.float32))
+    with caplog.at_level(logging.WARNING, logger="tunekit.plan"):
+        choice = plan.auto_method(Options(), tiny_model_dir, [{"input_ids": [0]}], Placement("cpu", torch.float32))
     assert choice["method"] == "lora" and "cannot estimate memory" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -107,7 +108,7 @@ def test_the_last_update_is_evaluated_and_can_be_the_best(tiny_model_dir, chat_r
 
 
 def test_default_evaluations_stay_within_a_tenth_of_the_training_compute():
-    from tunekit.train import _default_eval_steps
+    from tunekit.plan import default_eval_steps as _default_eval_steps
 
     rows = lambda n: [{"input_ids": [1] * 60}] * n  # noqa: E731
     # The usual 10% split: the start and four more (steps 7, 14, 21 and the last, 25).
@@ -148,14 +149,14 @@ def test_accumulated_micro_batches_run_as_one_forward_with_the_same_update(tiny_
     2 x 3): the same number of updates and the same trained weights as accumulating them."""
     from safetensors.torch import load_file
 
-    from tunekit import train
+    plan = importlib.import_module("tunekit.plan")  # the module, whatever tunekit.plan is
 
     opts = dict(base=str(tiny_model_dir), method="lora", eval_split=0, epochs=2, batch_size=2, grad_accum=3,
                 dropout=0.0, progress=False)
     merged = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "merged"), **opts)
     assert merged.metrics["rows_per_forward"] == 6
     assert merged.metrics["steps"] == 4  # 12 rows / 6 per update x 2 epochs
-    monkeypatch.setattr(train, "_rows_per_forward", lambda opts, *args: (opts.batch_size, None))
+    monkeypatch.setattr(plan, "rows_per_forward", lambda opts, *args: (opts.batch_size, None))
     accumulated = tunekit.finetune(chat_rows, output_dir=str(tmp_path / "accumulated"), **opts)
     assert accumulated.metrics["rows_per_forward"] == 2 and accumulated.metrics["steps"] == 4
     a = load_file(merged.output_dir / "adapter_model.safetensors")
@@ -171,17 +172,18 @@ def test_accumulated_micro_batches_run_as_one_forward_with_the_same_update(tiny_
 def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, monkeypatch):
     import sys
 
-    from tunekit import models, train
+    plan = importlib.import_module("tunekit.plan")  # the module, whatever tunekit.plan is
     from tunekit.options import Options
+    from tunekit.placement import Placement, placement
 
     def rows(length: int) -> list[dict]:
         return [{"input_ids": [1] * length}] * 20
 
-    cpu = models.placement("cpu")
+    cpu = placement("cpu")
     opts = Options(base=str(tiny_model_dir), method="lora", batch_size=4, grad_accum=4)
 
     def per_forward(enc, **changes):
-        rows, peak = train._rows_per_forward(Options(**{**vars(opts), **changes}), tiny_model_dir, enc, cpu)
+        rows, peak = plan.rows_per_forward(Options(**{**vars(opts), **changes}), tiny_model_dir, enc, cpu)
         assert (peak is not None) == (rows > 4), "an estimate comes with larger forwards, and only with them"
         return rows
 
@@ -194,7 +196,7 @@ def test_rows_per_forward_grow_to_about_1k_tokens_when_they_fit(tiny_model_dir, 
     assert per_forward(rows(60), grad_accum=1) == 4
     assert per_forward(rows(60), gradient_checkpointing=True) == 4
     assert per_forward(rows(60), method="qlora") == 4
-    assert train._rows_per_forward(opts, tiny_model_dir, rows(60), models.Placement("cuda", None)) == (4, None)
+    assert plan.rows_per_forward(opts, tiny_model_dir, rows(60), Placement("cuda", None)) == (4, None)
     # Nor when the estimate does not fit (tunekit.estimate the name is the function, hence sys.modules).
     monkeypatch.setattr(sys.modules["tunekit.estimate"], "free_memory", lambda device=None: 10 * 2**20)
     assert per_forward(rows(60)) == 4
@@ -219,3 +221,26 @@ def test_peak_rss_is_the_processs_own_not_its_parents():
     own, inherited = int(out[0]), int(out[1])
     del ballast
     assert own < 300 << 20 < 600 << 20 < inherited
+
+
+def test_a_templates_missing_eos_is_added_and_set(tiny_model_dir):
+    """The SmolLM2 vocabulary lacks Llama 3's tokens: prepare_tokenizer adds them and then sets the
+    template's eos, which could not be set before it existed."""
+    from tunekit.train import prepare_tokenizer
+
+    _, tokenizer, template, missing = prepare_tokenizer(str(tiny_model_dir), "llama-3")
+    assert template.eos == "<|eot_id|>" and "<|eot_id|>" in missing
+    assert tokenizer.eos_token == template.eos
+    assert tokenizer.convert_tokens_to_ids("<|eot_id|>") == tokenizer.eos_token_id != tokenizer.unk_token_id
+    assert len(tokenizer.encode("<|eot_id|>", add_special_tokens=False)) == 1
+
+
+def test_renamed_maps_old_keywords_with_a_warning():
+    from tunekit.options import renamed
+
+    with pytest.warns(FutureWarning, match=r"^estimate\(\): seq_len is deprecated; use max_length$"):
+        assert renamed({"seq_len": 5, "r": 8}, {"seq_len": "max_length"}, where="estimate()") == \
+            {"max_length": 5, "r": 8}
+    assert renamed({"r": 8}, {"seq_len": "max_length"}, where="estimate()") == {"r": 8}
+    with pytest.raises(ConfigError, match="max_length"):
+        renamed({"seq_len": 5, "max_length": 6}, {"seq_len": "max_length"}, where="estimate()")

@@ -19,17 +19,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError, ModelError, TemplateError, TrainingError
+from .methods import METHODS, REGISTRY
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 # Options compare() decides itself: one method per run, its own folders, nothing pushed.
-_OWNED = ("method", "output_dir", "resume", "push_to", "push_space", "private")
+OWNED_OPTIONS: tuple[str, ...] = ("method", "output_dir", "resume", "push_to", "push_space", "private")
 # Errors that would hit every method alike: stop the comparison instead of recording them.
 _USER_ERRORS = (ConfigError, DataError, TemplateError, ModelError)
 
@@ -133,7 +132,7 @@ class Comparison:
 
     def markdown(self) -> str:
         """The comparison as a Markdown table with a caption and the footnotes it needs."""
-        from .estimate import _fmt_bytes
+        from .units import format_bytes as _fmt_bytes
 
         head = ["method", "trainable params", "peak memory (est.)", "peak memory (measured)", "wall time",
                 "tokens/s", "train loss", "eval loss"]
@@ -288,11 +287,59 @@ def compare(
         >>> print(c.markdown())
     """
     from .options import Options
+    from .quiet import quiet_libraries
+
+    methods = list(methods)
+    options = _checked_options(methods, steps, metric, max_new_tokens, base, options)
+    opts = Options.from_kwargs({**options, "method": methods[0]})
+    out = _output_dir(output_dir, base)
+    train_path, eval_path, n_train, n_eval, encoded, eval_rows = _prepare_data(data, eval_data, opts, out)
+    base_name, plans = _plans(opts, methods, encoded)
+    where = plans[methods[0]].placement
+    opts = plans[methods[0]].options  # grad_accum settled: the same for every method
+    # The split is done: each child reads exactly the rows written to out/data/.
+    child_options = {**options, "eval_split": 0, "eval_data": str(eval_path) if eval_path else None,
+                     "grad_accum": opts.grad_accum}
+
+    rows = []
+    for i, m in enumerate(methods, 1):
+        log.info("compare: [%d/%d] training %s in its own process", i, len(methods), m)
+        row = _train_in_child(m, train_path, {**child_options, "method": m, "output_dir": str(out / m)})
+        estimate = plans[m].estimate
+        row.estimated_peak_bytes = estimate.total_bytes if estimate is not None else None
+        if not row.error:
+            with quiet_libraries():
+                _score(row, eval_rows, eval_path, metric, max_new_tokens, progress=opts.progress)
+        log.info("compare: %s done%s", m, f" (failed: {row.error})" if row.error else "")
+        rows.append(row)
+
+    comparison = Comparison(
+        base=base_name, device=f"{where.device} ({where.dtype_name})",
+        train_rows=n_train, eval_rows=n_eval, seed=opts.seed, steps=steps, metric_name=_metric_name(metric),
+        rows=rows, output_dir=out,
+        options={"epochs": opts.epochs, "batch_size": opts.batch_size, "grad_accum": opts.grad_accum,
+                 "lr": opts.lr, "r": opts.r, "alpha": opts.alpha, "max_new_tokens": max_new_tokens},
+    )
+    comparison.save()
+    return comparison
+
+
+def _metric_name(metric: Callable | None) -> str | None:
+    if metric is None:
+        return None
+    name = getattr(metric, "__name__", "metric")
+    return "metric" if name == "<lambda>" else name
+
+
+def _checked_options(methods: list[str], steps: int | None, metric: Any, max_new_tokens: Any, base: str | None,
+                     options: dict[str, Any]) -> dict[str, Any]:
+    """The options every method's run gets, after checking all arguments; every problem (of
+    every method's options too) is reported in one ConfigError before anything trains."""
+    from .options import Options
 
     problems = []
-    methods = list(methods)
     for m in methods:
-        if m not in METHODS:
+        if m not in REGISTRY:
             problems.append(f"methods: {m!r} is not one of {', '.join(METHODS)}")
     if not methods or len(set(methods)) != len(methods):
         problems.append(f"methods must name each method at most once, got {methods!r}")
@@ -302,75 +349,33 @@ def compare(
         problems.append(f"metric must be a callable metric(prediction, reference), got {type(metric).__name__}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         problems.append(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    for key in _OWNED:
+    for key in OWNED_OPTIONS:
         if key in options:
             hint = "; use methods= (--methods)" if key == "method" else ""
             problems.append(f"compare() sets {key} itself{hint}")
-    options = {k: v for k, v in options.items() if k not in _OWNED}
+    options = {k: v for k, v in options.items() if k not in OWNED_OPTIONS}
     options["base"] = base
     if steps is not None and not problems:
         options["training_args"] = {**(options.get("training_args") or {}), "max_steps": steps}
-    # Every method's options are checked before anything trains, all problems reported at once.
-    for m in [m for m in methods if m in METHODS] or ["lora"]:
+    for m in [m for m in methods if m in REGISTRY] or ["lora"]:
         try:
             Options.from_kwargs({**options, "method": m})
         except ConfigError as e:
             problems += [p for p in e.problems if p not in problems]
     if problems:
         raise ConfigError(problems)
-    opts = Options.from_kwargs({**options, "method": methods[0]})
-
-    from .train import _quiet_libraries, with_grad_accum
-
-    out = _output_dir(output_dir, base)
-    train_path, eval_path, n_train, n_eval, encoded, eval_rows = _prepare_data(data, eval_data, opts, out)
-    opts = with_grad_accum(opts, n_train)
-    base_name, estimates, where = _estimates(opts, methods, encoded)
-    # The split is done: each child reads exactly the rows written to out/data/.
-    child_options = {**options, "eval_split": 0, "eval_data": str(eval_path) if eval_path else None,
-                     "grad_accum": opts.grad_accum}
-
-    rows = []
-    for i, m in enumerate(methods, 1):
-        log.info("compare: [%d/%d] training %s in its own process", i, len(methods), m)
-        row = _train_in_child(m, train_path, {**child_options, "method": m, "output_dir": str(out / m)})
-        row.estimated_peak_bytes = estimates.get(m)
-        if not row.error:
-            with _quiet_libraries():
-                _score(row, eval_rows, eval_path, metric, max_new_tokens, progress=opts.progress)
-        log.info("compare: %s done%s", m, f" (failed: {row.error})" if row.error else "")
-        rows.append(row)
-
-    metric_name = None
-    if metric is not None:
-        name = getattr(metric, "__name__", "metric")
-        metric_name = "metric" if name == "<lambda>" else name
-    comparison = Comparison(
-        base=base_name, device=f"{where.device} ({str(where.dtype).replace('torch.', '')})",
-        train_rows=n_train, eval_rows=n_eval, seed=opts.seed, steps=steps, metric_name=metric_name,
-        rows=rows, output_dir=out,
-        options={"epochs": opts.epochs, "batch_size": opts.batch_size, "grad_accum": opts.grad_accum,
-                 "lr": opts.lr, "r": opts.r, "alpha": opts.alpha, "max_new_tokens": max_new_tokens},
-    )
-    comparison.save()
-    return comparison
+    return options
 
 
 def _output_dir(output_dir: str | os.PathLike | None, base: str | None) -> Path:
+    from .folders import check_new, fresh_dir, run_name
+
     if output_dir is not None:
-        out = Path(output_dir).expanduser()
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"output_dir {out} already exists and is not empty; tunekit never overwrites "
-                              "a run. Choose another output_dir.")
+        out = check_new(output_dir)
     else:
         from .models import EMBEDDED_ID
 
-        name = (base or EMBEDDED_ID).rstrip("/").split("/")[-1]
-        stem = f"compare-{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        out, n = Path("runs") / stem, 1
-        while out.exists():
-            n += 1
-            out = Path("runs") / f"{stem}-{n}"
+        out = fresh_dir(run_name("compare", base or EMBEDDED_ID))
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -428,30 +433,18 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _estimates(opts, methods: list[str], encoded: list[dict]):
+def _plans(opts, methods: list[str], encoded: list[dict]):
+    """Each method's :class:`tunekit.plan.Plan` for these rows, with its memory estimate: the
+    grad_accum, checkpointing and estimate that method's run will have."""
     from . import models
-    from .estimate import estimate
-    from .train import _default_checkpointing
+    from .placement import placement
+    from .plan import build
 
     base = models.resolve_base(opts.base)
-    where = models.placement(opts.device)
-    lengths = [len(r["input_ids"]) for r in encoded]
-    out = {}
-    for m in methods:
-        try:
-            est = estimate(
-                str(base.path), m, device=where.device, dtype=str(where.dtype),
-                # Batches are padding-free: the longest row times the batch bounds a micro-batch.
-                seq_len=max(lengths), batch_size=opts.batch_size, grad_accum=opts.grad_accum, r=opts.r,
-                target_modules=opts.target_module_list(), lora_dropout=opts.dropout,
-                # Estimate what will run: training's checkpointing default depends on the method.
-                gradient_checkpointing=_default_checkpointing(dataclasses.replace(opts, method=m), where),
-                tokens_per_epoch=sum(lengths),
-            )
-            out[m] = est.total_bytes
-        except (ModelError, ConfigError) as e:  # an architecture the estimator cannot count
-            log.warning("compare: no memory estimate for %s: %s", m, e)
-    return base.name, out, where
+    where = placement(opts.device)
+    plans = {m: build(dataclasses.replace(opts, method=m), base.path, encoded, [], where, estimate=True)
+             for m in methods}
+    return base.name, plans
 
 
 def _train_in_child(method: str, train_path: Path, options: dict[str, Any]) -> MethodResult:

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +61,11 @@ def launch_train(data: Any, options: dict[str, Any], *, nproc: int, config_file:
     # Every process must write to the same folder: name it here, once, rather than let each rank
     # pick its own timestamp.
     if not options.get("output_dir"):
-        base = str(options.get("base") or "SmolLM2-135M-Instruct").rstrip("/").split("/")[-1]
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        options["output_dir"] = str(Path("runs") / f"{base}-{options.get('method') or 'auto'}-{stamp}")
+        from .folders import fresh_dir, run_name
+        from .models import EMBEDDED_ID
+
+        options["output_dir"] = str(fresh_dir(run_name(options.get("base") or EMBEDDED_ID,
+                                                       options.get("method") or "auto")))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="tunekit-launch-", delete=False) as f:
         yaml.safe_dump({"data": os.fspath(data), **options}, f)
         run_config = f.name

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
-from .estimate import FULL_MIN_EXAMPLES
-from .methods import METHODS
+from .methods import FULL_MIN_EXAMPLES, METHODS
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -58,6 +58,9 @@ class Options:
     private: bool = _opt(False, "make the pushed repo private")
     push_space: str | None = _opt(None, "Hub Space id (user/name-demo) to publish a Gradio demo to; needs push_to")
     progress: bool = _opt(True, "show a progress bar with loss and ETA")
+    fastpath: bool | None = _opt(None, "tunekit's fast paths (fused LoRA forward, attention within rows, loss at trained "
+                                       "positions only); False runs PEFT's and transformers' reference code; default: "
+                                       "on unless TUNEKIT_FASTPATH=0")
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "Options":
@@ -131,3 +134,32 @@ def _suggest(key: str, known: list[str]) -> str:
 
 def option_fields() -> list[dataclasses.Field]:
     return list(dataclasses.fields(Options))
+
+
+def renamed(kwargs: dict[str, Any], aliases: dict[str, str], *, where: str) -> dict[str, Any]:
+    """Map deprecated keyword names to their new names: the one alias table of a function.
+
+    Args:
+        kwargs: the keywords as passed.
+        aliases: old name -> new name.
+        where: the function or command they were passed to, for the messages.
+
+    Returns:
+        A new dict with every old name replaced by its new one (other keys unchanged).
+
+    Raises:
+        ConfigError: both the old and the new name were given.
+
+    Example:
+        >>> renamed({"data_source": "t.jsonl"}, {"data_source": "data"}, where="finetune")
+        {'data': 't.jsonl'}  # and a FutureWarning: data_source is deprecated; use data
+    """
+    out = dict(kwargs)
+    for old, new in aliases.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ConfigError(f"{where}: pass {new}= only; {old}= is its deprecated name")
+        warnings.warn(f"{where}: {old} is deprecated; use {new}", FutureWarning, stacklevel=3)
+        out[new] = out.pop(old)
+    return out
