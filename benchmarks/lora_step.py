@@ -43,12 +43,13 @@ def lora_model(fast: bool):
 
     from tunekit import fastpath, methods, models
     from tunekit.options import Options
+    from tunekit.placement import placement
 
     base = _embedded()[0]
     opts = Options()
     models.tune_cpu_runtime()
     torch.manual_seed(0)
-    model = models.load_model(base.path, where=models.placement("cpu"), quantize_4bit=False)
+    model = models.load_model(base.path, where=placement("cpu"), quantize_4bit=False)
     model = get_peft_model(model, methods.lora_config(r=opts.r, alpha=opts.alpha, dropout=opts.dropout,
                                                       target_modules=opts.target_module_list()))
     model.train()

@@ -1,7 +1,7 @@
 """One accumulated update, its micro-batches run one by one against fewer, larger forwards.
 
 With ``grad_accum`` > 1 tunekit runs an update's ``batch_size x grad_accum`` rows in forwards of
-as many rows as ~1024 tokens allow on CPU when they fit (``tunekit.train._rows_per_forward``):
+as many rows as ~1024 tokens allow on CPU when they fit (``tunekit.plan.rows_per_forward``):
 the update is the same, the matmuls larger. This measures it on the embedded SmolLM2-135M with
 tunekit's default LoRA and fast path, 16-row updates of the order-extraction task, taking turns
 between 4 forwards of 4 rows, one of 16 and 2 of 8 in one process, so the machine's drift hits
@@ -24,7 +24,7 @@ def main() -> None:
     args = p.parse_args()
 
     from lora_step import adamw, lora_model, task, update
-    from tunekit.trainer import IGNORE_INDEX
+    from tunekit.templates import IGNORE_INDEX
 
     encoded, collate = task()
     model = lora_model(fast=True)

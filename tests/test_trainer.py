@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -9,18 +10,20 @@ import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from tunekit import methods, models, templates
+from tunekit.placement import placement
+from tunekit.templates import IGNORE_INDEX
 from tunekit.trainer import trained_positions_loss
 
 
-def _encoded(tokenizer, chat_rows):
+def _encoded(tokenizer, chat_rows, n=4):
     tpl = templates.resolve_template(tokenizer, None)
     templates.apply_template(tokenizer, tpl)
     rows, _ = templates.encode_all([dict(r, row=i + 1) for i, r in enumerate(chat_rows)], tokenizer)
-    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[:4]]
+    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[:n]]
 
 
 def _model(path, method, dropout=0.0):
-    where = models.placement("cpu")
+    where = placement("cpu")
     model = models.load_model(path, where=where, quantize_4bit=method == "qlora")
     if methods.uses_peft(method):
         from peft import get_peft_model
@@ -33,25 +36,32 @@ def _model(path, method, dropout=0.0):
     return model.float() if method != "qlora" else model
 
 
+@pytest.mark.parametrize("fastpath", [True, False])
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
-def test_trained_positions_loss_equals_the_models_own_loss(method, tiny_model_dir, smol_tokenizer, chat_rows):
+def test_trained_positions_loss_equals_the_models_own_loss(method, fastpath, tiny_model_dir, smol_tokenizer, chat_rows):
+    """The loss at trained positions equals the model's own (PEFT's and transformers' code), with
+    tunekit's other fast paths on (fused LoRA layers, attention within rows) or off."""
+    from tunekit.fastpath import attention_within_rows, fuse_lora_layers
+
     batch = _encoded(smol_tokenizer, chat_rows)
     padded = DataCollatorForLanguageModeling(pad_token_id=smol_tokenizer.pad_token_id)(batch)
     model = _model(tiny_model_dir, method)
-    reference = model(**padded).loss
-    fast = trained_positions_loss(model, padded)
-    assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-6)
     # With an explicit token count (gradient accumulation), both normalise by it.
-    n = int((padded["labels"][:, 1:] != -100).sum()) * 3
-    assert torch.allclose(trained_positions_loss(model, padded, n), model(**padded, num_items_in_batch=n).loss,
-                          rtol=1e-5, atol=1e-6)
-    # Gradients agree too.
-    fast.backward()
-    grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    n = int((padded["labels"][:, 1:] != IGNORE_INDEX).sum()) * 3
+    reference, reference_n = model(**padded).loss, model(**padded, num_items_in_batch=n).loss
+    reference.backward()
+    reference_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
-    model(**padded).loss.backward()
-    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
-        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
+    if fastpath:
+        fuse_lora_layers(model)
+    with attention_within_rows(model) if fastpath else contextlib.nullcontext():
+        fast = trained_positions_loss(model, padded)
+        assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(trained_positions_loss(model, padded, n), reference_n, rtol=1e-5, atol=1e-6)
+        # Gradients agree too.
+        fast.backward()
+    for g, p in zip(reference_grads, [p for p in model.parameters() if p.requires_grad]):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
@@ -63,7 +73,7 @@ def test_chunked_loss_equals_the_whole_loss(method, tiny_model_dir, smol_tokeniz
     model = _model(tiny_model_dir, method)
     vocab = model.get_output_embeddings().weight.shape[0]
     monkeypatch.setattr(trainer, "LOSS_CHUNK_BYTES", 8 * 4 * vocab)  # 8 positions per chunk
-    assert int((batch["labels"] != -100).sum()) > 16  # several chunks, the last one partial
+    assert int((batch["labels"] != IGNORE_INDEX).sum()) > 16  # several chunks, the last one partial
     whole = trained_positions_loss(model, batch)
     whole.backward()
     grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
@@ -73,14 +83,17 @@ def test_chunked_loss_equals_the_whole_loss(method, tiny_model_dir, smol_tokeniz
     assert torch.allclose(chunked, whole, rtol=1e-5, atol=1e-6)
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-6)
-    # Without gradients (evaluation) the loss always goes through the lm_head by chunks.
+    # Without gradients (evaluation) the loss always goes through the lm_head by chunks. Compared
+    # with the model's own loss without gradients: bitsandbytes computes a 4-bit layer with other
+    # kernels when no gradient is needed (the losses then differ by ~2e-5 relative, chunks or not).
     rows = []
     hook = model.get_output_embeddings().register_forward_hook(lambda m, i, out: rows.append(out.shape[0]))
     with torch.no_grad():
         evaluated = trained_positions_loss(model, batch)
     hook.remove()
     assert len(rows) > 1 and max(rows) == 8
-    assert torch.allclose(evaluated, whole, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(evaluated, model(**batch, use_cache=False).loss, rtol=1e-5, atol=1e-6)
 
 
 def test_padding_free_batch_equals_padded_batch(tiny_model_dir, smol_tokenizer, chat_rows):
@@ -95,17 +108,19 @@ def test_padding_free_batch_equals_padded_batch(tiny_model_dir, smol_tokenizer, 
         b = trained_positions_loss(model, flat)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
     # Masking is unchanged: the same tokens are trained.
-    assert int((padded["labels"] != -100).sum()) == int((flat["labels"] != -100).sum())
+    assert int((padded["labels"] != IGNORE_INDEX).sum()) == int((flat["labels"] != IGNORE_INDEX).sum())
 
 
-def test_training_keeps_the_fast_loss_and_fp32_adapters(tiny_model_dir, chat_rows, tmp_path, caplog):
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_training_keeps_the_fast_loss_and_fp32_adapters(fastpath, tiny_model_dir, chat_rows, tmp_path, caplog):
     import tunekit
 
     with caplog.at_level(logging.DEBUG, logger="tunekit.trainer"):
         result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), method="qlora", output_dir=str(tmp_path / "r"),
-                                  epochs=1, grad_accum=1, progress=False)
+                                  epochs=1, grad_accum=1, progress=False, fastpath=fastpath)
     assert "differs from the model's own loss" not in caplog.text
-    assert "one mask per distinct input" in caplog.text
+    assert ("one mask per distinct input" in caplog.text) is fastpath
+    assert result.metrics.train_loss_last < result.metrics.train_loss_first
     # TRL casts a quantized model's adapters to bf16; on CPU they must train (and be saved) in fp32.
     from safetensors import safe_open
 
@@ -210,7 +225,7 @@ def test_4bit_load_reads_the_checkpoint_without_mapping_it(tiny_model_dir, monke
         return real_open(*args, **kwargs)
 
     monkeypatch.setattr(safetensors, "safe_open", spy)
-    where = models.placement("cpu")
+    where = placement("cpu")
     ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
     unmapped = models.load_model(tiny_model_dir, where=where, quantize_4bit=True)
     assert opened == ["pread"]
@@ -241,14 +256,15 @@ def test_gradients_are_kept_and_zeroed_in_place(tiny_model_dir):
     from tunekit.trainer import KeepGradients
 
     model = _model(tiny_model_dir, "lora")
-    KeepGradients().on_train_begin(TrainingArguments(output_dir="unused"), TrainerState(), TrainerControl(),
-                                   model=model)
+    keep, hook_args = KeepGradients(), (TrainingArguments(output_dir="unused"), TrainerState(), TrainerControl())
+    keep.on_train_begin(*hook_args, model=model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     buffers = [p.grad.data_ptr() for p in trainable]
     model.train()
     model(input_ids=torch.tensor([[1, 5, 9, 200]]), labels=torch.tensor([[1, 5, 9, 200]])).loss.backward()
     assert any(p.grad.abs().sum() > 0 for p in trainable)
-    model.zero_grad()  # what the Trainer calls after each update
+    model.zero_grad()  # what the Trainer calls after each update, then on_step_end
+    keep.on_step_end(*hook_args, model=model)
     assert [p.grad.data_ptr() for p in trainable] == buffers
     assert all(p.grad is not None and not p.grad.any() for p in trainable)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
@@ -349,3 +365,95 @@ def test_attention_within_rows_keeps_padded_generation(tiny_model_dir, smol_toke
     model.config._attn_implementation = "eager"
     with fastpath.attention_within_rows(model) as active:
         assert not active and model.config._attn_implementation == "eager"
+
+
+def _trainer(model, tokenizer, chat_rows, out, *, steps=3, callbacks=(), **kwargs):
+    """tunekit's Trainer set up as ``train.py`` does (padding-free, pre-encoded rows), on CPU."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from tunekit.trainer import Trainer
+
+    rows = _encoded(tokenizer, chat_rows, n=len(chat_rows))
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                     learning_rate=2e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no",
+                     use_cpu=True, max_length=None, packing=False, padding_free=True, report_to="none",
+                     disable_tqdm=True, dataloader_num_workers=0, seed=0, data_seed=0)
+    return Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows[4:]),
+                   eval_dataset=Dataset.from_list(rows[:4]), processing_class=tokenizer, callbacks=list(callbacks),
+                   compute_dtype=torch.float32, **kwargs)
+
+
+def test_fastpath_on_and_off_train_alike(tiny_model_dir, smol_tokenizer, chat_rows, tmp_path):
+    """The switch changes the code that runs, not the results: without dropout (whose masks the two
+    paths draw differently) both give the same training losses step by step and the same
+    evaluation loss after training, and both lower the loss. (Weights are not compared: Adam
+    scales near-zero gradients up to a full step, so rounding moves them by up to ~lr.)"""
+    runs = {}
+    for fastpath in (True, False):
+        torch.manual_seed(0)
+        model = _model(tiny_model_dir, "lora")
+        trainer = _trainer(model, smol_tokenizer, chat_rows, tmp_path / str(fastpath), fastpath=fastpath)
+        assert trainer.fastpath is fastpath and trainer.fast_loss is fastpath
+        trainer.train()
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        runs[fastpath] = losses, trainer.evaluate()["eval_loss"]
+    (fast, fast_eval), (reference, reference_eval) = runs[True], runs[False]
+    assert len(fast) == len(reference) == 3 and fast[-1] < fast[0]
+    assert fast == pytest.approx(reference, rel=1e-4)
+    assert fast_eval == pytest.approx(reference_eval, rel=1e-4)
+
+
+@pytest.mark.parametrize("setting", ["0", "1"])
+def test_tunekit_fastpath_env_switches_the_fast_paths(setting, tiny_model_dir, smol_tokenizer, chat_rows, tmp_path,
+                                                      monkeypatch):
+    """``TUNEKIT_FASTPATH=0`` (the user's switch) leaves PEFT's layers and dropout, transformers'
+    attention and TRL's loss in place; ``1`` gives tunekit's fast paths."""
+    from transformers import TrainerCallback
+
+    from tunekit.fastpath import PACKED_ATTENTION, FusedForward, SharedDropout
+    from tunekit.trainer import KeepGradients
+
+    class SeenAttention(TrainerCallback):
+        def __init__(self):
+            self.seen = set()
+
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            self.seen.add(model.config._attn_implementation)
+
+    monkeypatch.setenv("TUNEKIT_FASTPATH", setting)
+    on = setting == "1"
+    model = _model(tiny_model_dir, "lora", dropout=0.05)
+    seen = SeenAttention()
+    trainer = _trainer(model, smol_tokenizer, chat_rows, tmp_path, steps=2, callbacks=[seen])
+    assert trainer.fastpath is on and trainer.fast_loss is on
+    assert any(isinstance(m, FusedForward) for m in model.modules()) is on
+    dropouts = [d for m in model.modules() if hasattr(m, "lora_dropout") for d in m.lora_dropout.values()]
+    assert dropouts and all(type(d) is (SharedDropout if on else torch.nn.Dropout) for d in dropouts)
+    assert any(isinstance(c, KeepGradients) for c in trainer.callback_handler.callbacks) is on
+    trainer.train()
+    assert seen.seen == ({PACKED_ATTENTION} if on else {"sdpa"})
+    assert model.config._attn_implementation == "sdpa"
+    # TRL's own compute_loss logs the token accuracy; the trained-positions loss does not.
+    assert any("mean_token_accuracy" in h for h in trainer.state.log_history) is not on
+    # Kept gradients stay allocated (zeroed) after the last update; the Trainer's zero_grad frees them.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all((p.grad is not None and not p.grad.any()) if on else p.grad is None for p in trainable)
+
+
+def test_fused_layers_pickle_and_copy(tiny_model_dir):
+    """The fused classes are module attributes, so fused models pickle and deep-copy."""
+    import copy
+    import pickle
+
+    from tunekit.fastpath import FusedLinear, fuse_lora_layers
+
+    model = _model(tiny_model_dir, "lora", dropout=0.1)
+    fuse_lora_layers(model)
+    q = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert type(q) is FusedLinear and FusedLinear.__module__ == "tunekit.fastpath"
+    x = torch.randn(1, 3, q.in_features)
+    for clone in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+        assert type(clone) is FusedLinear
+        with torch.no_grad():
+            assert torch.equal(clone.eval()(x), q.eval()(x))

@@ -15,6 +15,9 @@ after the matmuls:
   rows' boundaries (``cu_seq_lens_q``); SDPA with a block-diagonal mask computes every row
   against every other and then masks, and cannot use grouped-query attention with a mask on CPU.
   Attending within each row (``is_causal``) does a quarter of the work for four rows.
+
+:class:`tunekit.trainer.Trainer` applies them unless its ``fastpath`` switch is off
+(``fastpath=False`` or ``TUNEKIT_FASTPATH=0``), which leaves PEFT's and transformers' own code.
 """
 
 from __future__ import annotations
@@ -24,6 +27,19 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+
+# Imported here, not lazily, to define the fused layer classes: the trainer imports this module
+# after TRL's SFTTrainer has loaded peft (and bitsandbytes, which peft imports) anyway.
+from peft.tuners.lora.layer import Linear as _LoraLinear
+
+
+def causal_lm_of(model):
+    """The ``*ForCausalLM`` module inside a PEFT wrapper (LoRA layers are injected in place, so
+    calling its parts directly still runs the adapters)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
 
 # --- dropout ---------------------------------------------------------------------------------
 
@@ -144,6 +160,10 @@ class FusedForward:
     several or mixed adapters, DoRA and other variants, LoRA bias, autocast, mixed dtypes) goes
     to PEFT's own forward."""
 
+    # bitsandbytes' 4-bit layer returns a view of a tensor made inside its autograd function, and
+    # autograd refuses in-place changes to it (PEFT clones it for the same reason).
+    copy_base_output = False
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         name = self._fusable_adapter(x, args, kwargs)
         if name is None:
@@ -159,6 +179,8 @@ class FusedForward:
         h = F.linear(masked, self.lora_A[name].weight)
         # In place: the base layer's backward does not need its output, and addmm (out of place)
         # would first copy it into a new tensor.
+        if self.copy_base_output and torch.is_grad_enabled():
+            result = result.clone()
         if not result.is_contiguous():
             result = result.contiguous()
         result.view(-1, result.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.lora_B[name].weight.t(),
@@ -183,31 +205,33 @@ class FusedForward:
         return name
 
 
-def _fusable_classes() -> tuple[type, ...]:
-    """PEFT's LoRA linear classes whose forward :class:`FusedForward` reproduces."""
-    from peft.tuners.lora import layer
-
-    classes = [layer.Linear]
-    try:
-        from peft.tuners.lora.bnb import Linear4bit
-    except ImportError:  # bitsandbytes missing: no 4-bit layers to fuse
-        pass
-    else:
-        classes.append(Linear4bit)
-    return tuple(classes)
+# PEFT's LoRA linear classes with the fused forward mixed in, defined at module level so that
+# models holding them can be pickled. fuse_lora_layers switches the class of PEFT's own layers:
+# PEFT's one hook for other LoRA layers (``LoraConfig._register_custom_module``) is private and
+# experimental, acts only when adapters are injected (not on a model already wrapped or loaded
+# with its adapter), and is keyed by the base layer's type, so a 4-bit layer (a subclass of
+# nn.Linear) would need bitsandbytes' dispatch rebuilt. The mixin adds no state, so the layer, its
+# parameters and saved files stay PEFT's, and setting ``__class__`` back undoes it.
 
 
-_FUSED: dict[type, type] = {}
+class FusedLinear(FusedForward, _LoraLinear):
+    """PEFT's ``lora.Linear`` with :class:`FusedForward`'s forward."""
 
 
-def fused_class(cls: type) -> type:
-    """``cls`` with :class:`FusedForward` mixed in (one class per PEFT class, kept as a module
-    attribute so models holding it can be pickled in this process)."""
-    if cls not in _FUSED:
-        name = f"Fused{cls.__name__}"
-        _FUSED[cls] = globals()[name] = type(name, (FusedForward, cls), {"__module__": __name__,
-                                                                         "__qualname__": name})
-    return _FUSED[cls]
+FUSED_CLASSES: dict[type, type] = {_LoraLinear: FusedLinear}
+
+try:
+    from peft.tuners.lora.bnb import Linear4bit as _LoraLinear4bit
+except ImportError:  # bitsandbytes missing (or without 4-bit support): no 4-bit layers to fuse
+    pass
+else:
+
+    class FusedLinear4bit(FusedForward, _LoraLinear4bit):
+        """PEFT's bitsandbytes ``Linear4bit`` with :class:`FusedForward`'s forward."""
+
+        copy_base_output = True
+
+    FUSED_CLASSES[_LoraLinear4bit] = FusedLinear4bit
 
 
 def fuse_lora_layers(model) -> dict[str, int]:
@@ -217,7 +241,6 @@ def fuse_lora_layers(model) -> dict[str, int]:
     Returns:
         ``{"dropouts": n, "layers": m}``: dropouts replaced and layers given the fused forward.
     """
-    fusable = _fusable_classes()
     last = _LastDropout()
     counts = {"dropouts": 0, "layers": 0}
     for module in model.modules():
@@ -229,8 +252,9 @@ def fuse_lora_layers(model) -> dict[str, int]:
                     drops[name].train(d.training)
                     counts["dropouts"] += 1
         # The exact classes only: a subclass may have changed the forward this reproduces.
-        if type(module) in fusable:
-            module.__class__ = fused_class(type(module))
+        fused = FUSED_CLASSES.get(type(module))
+        if fused is not None:
+            module.__class__ = fused  # why a class switch: see FUSED_CLASSES
             counts["layers"] += 1
     return counts
 
@@ -291,15 +315,27 @@ def _register_packed_attention() -> None:
 def attention_within_rows(model):
     """While inside, a model using transformers' SDPA attends within each row of padding-free
     batches (:func:`packed_attention`); other models are left alone. The model's setting is
-    restored on exit."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "_attn_implementation", None) != "sdpa":
+    restored on exit.
+
+    Switched with transformers' ``set_attn_implementation``, which accepts a registered attention
+    function's name and checks that the model supports it. The current setting is read from
+    ``config._attn_implementation``, as transformers itself does: it has no public getter.
+
+    Yields:
+        True when the model now attends within rows, False when it was left alone.
+    """
+    lm = causal_lm_of(model)
+    config = getattr(lm, "config", None)
+    if (config is None or not hasattr(lm, "set_attn_implementation")
+            or getattr(config, "_attn_implementation", None) != "sdpa"):
         yield False
         return
     _register_packed_attention()
-    config._attn_implementation = PACKED_ATTENTION
+    lm.set_attn_implementation(PACKED_ATTENTION)
+    if config._attn_implementation != PACKED_ATTENTION:  # a model that cannot switch (transformers warned)
+        yield False
+        return
     try:
         yield True
     finally:
-        config._attn_implementation = "sdpa"
-
+        lm.set_attn_implementation("sdpa")

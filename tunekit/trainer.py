@@ -3,38 +3,37 @@
 - The loss is computed only at positions that carry one: the decoder's hidden states are taken
   at trained positions and only those go through the (vocabulary-sized) lm_head. On SmolLM2 the
   lm_head is a quarter of the forward FLOPs and most positions of a chat row are prompt.
-- Trainable parameters stay in the compute dtype (TRL casts a quantized model's adapters to bf16,
-  which is ~100x slower than fp32 on CPU).
 - LoRA layers run a fused forward with one dropout mask per distinct input, and padding-free
   batches attend within each row (:mod:`tunekit.fastpath`).
+- The trainable parameters' gradients are allocated once and zeroed in place (:class:`KeepGradients`).
+- Trainable parameters stay in the compute dtype (TRL casts a quantized model's adapters to bf16,
+  which is ~100x slower than fp32 on CPU). This one is correctness, not speed: it always applies.
 
-The fast loss checks itself against the model's own loss on the first batch and falls back to
-the standard path (with a warning) if they differ, e.g. for models with logit soft-capping.
+The first three are the fast paths behind one switch, ``Trainer(fastpath=...)`` (default:
+:func:`tunekit.config.fastpath`, which ``TUNEKIT_FASTPATH=0`` turns off). Off, training runs the
+reference code: PEFT's LoRA forward and ``nn.Dropout``, transformers' SDPA with its own masks,
+``SFTTrainer.compute_loss``. The fast loss checks itself against the model's own loss on the
+first batch and falls back to the standard path (with a warning) if they differ, e.g. for models
+with logit soft-capping.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 
 import torch
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from trl import SFTTrainer
 
-from .fastpath import attention_within_rows, fuse_lora_layers
+from . import config
+from .fastpath import attention_within_rows, causal_lm_of, fuse_lora_layers
+from .templates import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
-
-
-def causal_lm_of(model):
-    """The ``*ForCausalLM`` module inside a PEFT wrapper (LoRA layers are injected in place, so
-    calling its parts directly still runs the adapters)."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    return model
+__all__ = ["EvaluateLastStep", "KeepGradients", "LOSS_CHUNK_BYTES", "Trainer", "causal_lm_of",
+           "trained_positions_loss"]
 
 
 def _cross_entropy_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -93,43 +92,73 @@ class EvaluateLastStep(TrainerCallback):
 
 
 class KeepGradients(TrainerCallback):
-    """Allocate the trainable parameters' gradients once, before the first step, and zero them in
-    place after each update instead of freeing them (``zero_grad(set_to_none=False)``).
+    """Allocate the trainable parameters' gradients once, before the first step, and reuse them,
+    zeroed, after each update instead of letting new ones be allocated.
 
     Freed each update, the gradients are re-allocated during every backward pass, between the
     short-lived activations being freed; these small long-lived blocks pin the heap and glibc
     cannot reuse or return the space around them. Measured on a QLoRA step on CPU: the resident
     set grew ~75 MB more during backward than with gradients kept.
+
+    The Trainer frees them with ``model.zero_grad()`` right after each update and offers no
+    setting for ``set_to_none``; this callback holds a reference to each buffer, so that call
+    frees nothing, and hands the buffers back zeroed in ``on_step_end``, which the Trainer calls
+    next, before any forward. The effect is ``zero_grad(set_to_none=False)``.
     """
+
+    def __init__(self):
+        self.kept: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None:
             return
+        self.kept = []
         for p in model.parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = torch.zeros_like(p)
-        model.zero_grad = functools.partial(type(model).zero_grad, model, set_to_none=False)
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                self.kept.append((p, p.grad))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        for p, grad in self.kept:
+            if p.grad is None:  # dropped by the Trainer's zero_grad()
+                p.grad = grad.zero_()
 
 
 class Trainer(SFTTrainer):
-    """SFTTrainer with the trained-positions loss and compute-dtype adapters (see module doc)."""
+    """SFTTrainer with tunekit's fast paths and compute-dtype adapters (see the module doc).
 
-    def __init__(self, *args, compute_dtype: torch.dtype | None = None, fast_loss: bool = True, **kwargs):
+    Args:
+        compute_dtype: dtype for the trainable parameters (the placement's); None leaves them.
+        fast_loss: allow the trained-positions loss (with ``fastpath`` on); False keeps
+            ``SFTTrainer.compute_loss`` while the other fast paths stay on.
+        fastpath: tunekit's fast paths (fused LoRA forward and shared dropout, attention within
+            rows, trained-positions loss, kept gradients). None reads
+            :func:`tunekit.config.fastpath` (``TUNEKIT_FASTPATH=0`` turns them off); False runs
+            PEFT's, transformers' and TRL's reference code. Results agree within float rounding,
+            except that the shared dropout draws other masks than ``nn.Dropout``.
+        *args, **kwargs: ``trl.SFTTrainer``'s.
+    """
+
+    def __init__(self, *args, compute_dtype: torch.dtype | None = None, fast_loss: bool = True,
+                 fastpath: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fastpath = config.fastpath() if fastpath is None else bool(fastpath)
         # With tqdm disabled the Trainer prints every log dict; tunekit's own bar shows the losses.
         self.remove_callback(PrinterCallback)
         self.add_callback(EvaluateLastStep())
-        self.add_callback(KeepGradients())
         if compute_dtype is not None:
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
                     p.data = p.data.to(compute_dtype)
-        fused = fuse_lora_layers(self.model)
-        if fused["layers"] or fused["dropouts"]:
-            log.debug("LoRA: fused forward in %d layers; dropout: one mask per distinct input across %d",
-                      fused["layers"], fused["dropouts"])
+        if self.fastpath:
+            self.add_callback(KeepGradients())
+            fused = fuse_lora_layers(self.model)
+            if fused["layers"] or fused["dropouts"]:
+                log.debug("LoRA: fused forward in %d layers; dropout: one mask per distinct input across %d",
+                          fused["layers"], fused["dropouts"])
         # Calling the decoder directly would bypass DistributedDataParallel's forward.
-        self.fast_loss = fast_loss and self.accelerator.num_processes == 1
+        self.fast_loss = self.fastpath and fast_loss and self.accelerator.num_processes == 1
         self._fast_loss_checked = False
 
     def _attention(self):
