@@ -136,7 +136,7 @@ def test_qlora_adapters_merge_into_the_dequantised_base_with_a_warning(run, adap
 def test_clear_errors_for_what_cannot_be_merged_or_exported(run, tmp_path, tiny_model_dir):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tunekit.export import write_gguf
+    from tunekit.gguf import write_gguf
 
     with pytest.raises(ModelError, match="nothing to merge"):
         tunekit.load(tiny_model_dir).merge(tmp_path / "m")
@@ -160,3 +160,35 @@ def test_cli_merge_and_export(run, tmp_path):
     assert (tmp_path / "m.gguf").stat().st_size > 1_000_000
     done = cli("export", str(run.output_dir), "-o", str(tmp_path / "m.gguf"))
     assert done.returncode == 1 and done.stderr.startswith("error:") and "already exists" in done.stderr
+
+
+def test_merge_out_dir_is_the_deprecated_name_of_output_dir(run, tmp_path):
+    with pytest.warns(FutureWarning, match="out_dir is deprecated; use output_dir"):
+        out = run.merge(out_dir=tmp_path / "old-name")
+    assert out == tmp_path / "old-name" and (out / "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="output_dir= only"):
+        run.merge(tmp_path / "a", out_dir=tmp_path / "b")
+    with pytest.raises(TypeError, match="output_dir"):
+        run.merge()
+
+
+def test_the_result_carries_typed_records_and_how_to_load(run):
+    from tunekit.record import Metrics, RunInfo
+
+    assert isinstance(run.run, RunInfo) and isinstance(run.metrics, Metrics)
+    assert run.run.method == run.run["method"] == "lora" and run.metrics.steps == run.metrics["steps"] > 0
+    opened = tunekit.load(run.output_dir, token="hf_secret_token", device="cpu", base="some/other-base")
+    assert (opened.token, opened.device, opened.base_override) == ("hf_secret_token", "cpu", "some/other-base")
+    assert opened.trust_remote_code is None  # a local run keeps the choice it was trained with
+    assert "hf_secret_token" not in repr(opened)
+
+
+def test_an_adapter_that_does_not_fit_says_which_adapter_which_base_and_the_fix(run):
+    from tunekit import adapters
+
+    with pytest.raises(ModelError) as err:
+        adapters.check_fits({}, run.output_dir, adapter="alice/notes-lora", base="bob/other-base")
+    message = str(err.value)
+    assert message.startswith("the adapter 'alice/notes-lora' does not fit base 'bob/other-base': ")
+    assert "no such linear layer" in message and "the base it was trained on" in message
+    assert adapters.has_tokenizer(run.output_dir)

@@ -92,10 +92,11 @@ def test_card_metadata_and_body(hub, pushed):
 
 def test_card_names_hub_datasets_and_omits_local_bases():
     from tunekit import card
+    from tunekit.record import DataInfo, Metrics, RunInfo
 
-    run = {"base": "/some/folder", "base_path": "/some/folder", "method": "qlora", "adapter": True,
-           "data": {"source": "alice/podcasts", "hub_dataset": "alice/podcasts"}, "base_license": "apache-2.0"}
-    data = card.card_metadata(run, {"eval_loss_best": 1.5}, model_name="m").to_dict()
+    run = RunInfo(base="/some/folder", base_path="/some/folder", method="qlora", adapter=True,
+                  data=DataInfo(source="alice/podcasts", hub_dataset="alice/podcasts"), base_license="apache-2.0")
+    data = card.card_metadata(run, Metrics(eval_loss_best=1.5), model_name="m").to_dict()
     assert data["datasets"] == ["alice/podcasts"]
     assert "base_model" not in data  # the Hub's model tree only understands repo ids
     assert {"qlora", "lora"} <= set(data["tags"]) and data["license"] == "apache-2.0"
@@ -112,7 +113,7 @@ def test_load_by_name_chats_like_the_local_run_and_revisions_pick_old_adapters(p
     assert latest.chat(PROMPT, **GEN) == reply_b
     assert old.chat(PROMPT, **GEN) == reply_a
     # The base was resolved by Hub id, not through the folder the run happened to use.
-    assert latest._resolve_base().name == pushed["a"].base
+    assert latest.resolve_base().name == pushed["a"].base
 
 
 def test_full_model_repo_loads(tiny_base, tiny_model_dir):
@@ -186,7 +187,7 @@ def test_adapter_over_the_embedded_base_falls_back_to_the_embedded_copy(hub, tmp
                             targets=("model.layers.0.self_attn.q_proj",))
     repo = _upload(hub, folder)
     loaded = tunekit.load(repo)
-    base = loaded._resolve_base()  # this hub has no HuggingFaceTB/SmolLM2-135M-Instruct repo
+    base = loaded.resolve_base()  # this hub has no HuggingFaceTB/SmolLM2-135M-Instruct repo
     assert base.embedded and base.path == models.embedded_model_dir()
     assert isinstance(loaded.chat("Hi!", max_new_tokens=3), str)
 
@@ -206,7 +207,7 @@ def test_private_repo_needs_a_token_that_can_read_it(hub, tiny_base, tiny_model_
         tunekit.load(repo, token=bob)
     loaded = tunekit.load(repo, token=hub.token)
     assert isinstance(loaded.chat(PROMPT, **GEN), str)
-    assert loaded._resolve_base().name == private_base
+    assert loaded.resolve_base().name == private_base
     assert hub.token not in repr(loaded)
 
 
@@ -280,3 +281,15 @@ def test_push_errors_are_clear(hub, pushed):
     with pytest.raises(HubError) as err:
         pushed["a"].push(pushed["repo"], token=bob)  # alice's repo
     assert err.value.repo_id == pushed["repo"]
+
+
+def test_push_checks_the_repo_id_and_uploads_only_safe_files(hub, pushed):
+    from tunekit import hub as hublib
+
+    with pytest.raises(HubError, match="not a valid repo id") as err:
+        pushed["a"].push("not a/valid//id", token=hub.token)
+    assert err.value.repo_id == "not a/valid//id"
+    files = hublib.files_to_push(pushed["a"].output_dir)
+    assert "adapter_model.safetensors" in files and "tunekit.json" in files
+    assert not [name for name in files if name.startswith("checkpoints/") or name.endswith((".bin", ".pt"))]
+    assert hublib.local_folder(pushed["a"].output_dir) == (pushed["a"].output_dir, None)

@@ -26,6 +26,8 @@ def to_messages(prompt: str | Messages, *, system: str | None = None) -> Message
 
 
 def generation_kwargs(tokenizer, *, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+    """``model.generate`` keywords: greedy when ``temperature`` is 0 (or None), else sampling;
+    eos and pad ids from the tokenizer (pad falls back to eos)."""
     sample = temperature is not None and temperature > 0
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
@@ -42,6 +44,7 @@ def generation_kwargs(tokenizer, *, max_new_tokens: int, temperature: float, top
 
 
 def encode_prompt(tokenizer, messages: Messages, device):
+    """The chat-templated prompt (with the assistant turn opened) as tensors on ``device``."""
     inputs = tokenizer.apply_chat_template(
         messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
     )

@@ -1,42 +1,46 @@
-"""Pushing runs to and pulling them from a Hub (huggingface.co or `tunekit hub serve`), always
-through ``huggingface_hub`` so the same code serves both.
+"""Pushing run folders to and downloading them from a Hub (huggingface.co or `tunekit hub serve`),
+always through ``huggingface_hub`` so the same code serves both.
 
 The Hub is chosen the way huggingface_hub chooses it: ``HF_ENDPOINT`` (read when
 huggingface_hub is first imported), the token from ``token=``, ``HF_TOKEN`` or ``hf auth login``.
 Tokens are handed to huggingface_hub only; they are never logged or written into a file.
+
+This module takes folders and run records, never a ``TuneResult``: the result sits above it and
+calls in (``TuneResult.push``, ``tunekit.load``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .errors import HubError
-
-if TYPE_CHECKING:
-    from .result import TuneResult
+from .errors import HubError, hub_error
+from .hubid import is_hub_id
+from .models import MODEL_PATTERNS
+from .record import Metrics, RunInfo
 
 log = logging.getLogger(__name__)
 
-# Weights only as safetensors: pickled *.bin/*.pt files can run code when loaded, so they are
-# never even downloaded.
-PULL_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "*.md", "*.txt", "*.model", "*.png"]
+# A run folder carries the model files (safetensors only: models.MODEL_PATTERNS) and its loss plot.
+RUN_PATTERNS = (*MODEL_PATTERNS, "*.png")
 # Local-only parts of a run folder: checkpoints are for resuming (and large).
-_NEVER_PUSH = ["checkpoints/*", ".cache/*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt"]
+NEVER_PUSH = ("checkpoints/*", ".cache/*", "*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 
-def push_run(result: "TuneResult", repo_id: str, *, private: bool = False, token: str | None = None,
-             commit_message: str | None = None) -> str:
+def push_run(folder: str | os.PathLike, repo_id: str, *, run: RunInfo, metrics: Metrics, private: bool = False,
+             token: str | None = None, commit_message: str | None = None) -> str:
     """Upload a run folder to ``repo_id`` in one commit and return the repo URL.
 
     The model card is rendered for ``repo_id`` (its usage snippets name the repo) and uploaded
     from memory, so a folder that lives in the Hub cache is never written to.
 
     Args:
-        result: the run to upload.
+        folder: the run (or adapter, or model) folder to upload.
         repo_id: ``user/name`` or ``org/name``; created when missing.
+        run: the folder's record (``record.describe_folder``).
+        metrics: the folder's metrics, for the card.
         private: create the repo private (an existing repo keeps its visibility).
         token: Hub token with write access; default: ``HF_TOKEN`` or the saved login.
         commit_message: message of the commit.
@@ -45,53 +49,51 @@ def push_run(result: "TuneResult", repo_id: str, *, private: bool = False, token
         The repo's URL.
 
     Raises:
-        HubError: the repo cannot be created or written (bad token, no access, server error).
+        HubError: the repo id is malformed, or the repo cannot be created or written (bad token,
+            no access, server error).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     from . import card
-    from .result import PUSH_PATTERNS
 
+    folder = Path(folder)
+    if not is_hub_id(repo_id, owner_required=False):
+        raise HubError(f"{repo_id!r} is not a valid repo id (expected user/name)", repo_id=repo_id)
     api = HfApi(token=token)
-    files = _files_to_push(Path(result.output_dir), PUSH_PATTERNS)
+    files = files_to_push(folder)
     if not any(name.endswith(".safetensors") for name in files):
-        raise HubError(f"{result.output_dir} holds no safetensors weights to push", repo_id=repo_id)
-    if result.adapter and not card.hub_base_id(result.run):
+        raise HubError(f"{folder} holds no safetensors weights to push", repo_id=repo_id)
+    if run.adapter and not card.hub_base_id(run):
         log.warning("%s was trained on the local folder %s; whoever loads %s needs that base too: "
-                    "tunekit.load(%r, base=...)", result.output_dir, result.base, repo_id, repo_id)
-    readme: bytes | None = None
-    if result.run.get("data"):
-        readme = str(card.render_card(result.run, result.metrics, repo_id=repo_id, endpoint=api.endpoint)).encode()
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
-                  for name, path in files.items() if not (readme is not None and name == "README.md")]
-    if readme is not None:
+                    "tunekit.load(%r, base=...)", folder, run.base, repo_id, repo_id)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+    if run.trained_here:
+        readme = str(card.render_card(run, metrics, repo_id=repo_id, endpoint=api.endpoint)).encode()
+        operations = [op for op in operations if op.path_in_repo != "README.md"]
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme))
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.create_commit(
-            repo_id,
-            operations=operations,
-            repo_type="model",
-            commit_message=commit_message or f"tunekit: {result.method} fine-tune of {result.base}",
-        )
-    except HFValidationError as e:
-        raise HubError(f"{repo_id!r} is not a valid repo id (expected user/name): {e}", repo_id=repo_id) from e
-    except HfHubHTTPError as e:
-        raise HubError(f"pushing to {repo_id!r} failed: {_reason(e)}", repo_id=repo_id) from e
+        info = api.create_commit(repo_id, operations=operations, repo_type="model",
+                                 commit_message=commit_message or f"tunekit: {run.method} fine-tune of {run.base}")
+    except (HFValidationError, HfHubHTTPError) as e:
+        raise hub_error(e, repo_id=repo_id, action="pushing to", token=token) from e
     log.info("pushed %d files to %s (commit %s)", len(operations), url, info.oid)
     return str(url)
 
 
-def _files_to_push(folder: Path, patterns: list[str]) -> dict[str, Path]:
+def files_to_push(folder: str | os.PathLike) -> dict[str, Path]:
+    """``{path in repo: local path}`` of what a push uploads: :data:`RUN_PATTERNS`, never
+    checkpoints or pickles."""
+    folder = Path(folder)
     files = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
             continue
         name = path.relative_to(folder).as_posix()
-        if any(fnmatch.fnmatch(name, p) for p in _NEVER_PUSH):
+        if any(fnmatch.fnmatch(name, p) for p in NEVER_PUSH):
             continue
-        if any(fnmatch.fnmatch(name, p) for p in patterns):
+        if any(fnmatch.fnmatch(name, p) for p in RUN_PATTERNS):
             files[name] = path
     return files
 
@@ -112,31 +114,12 @@ def download(repo_id: str, *, revision: str | None = None, token: str | None = N
             cannot be reached and nothing is cached, or the repo has no safetensors weights.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     try:
-        path = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=PULL_PATTERNS)
-    except HFValidationError as e:
-        raise HubError(f"{repo_id!r} is neither a local folder nor a valid Hub repo id (user/name)",
-                       repo_id=repo_id) from e
-    except RepositoryNotFoundError as e:
-        hint = ("the token given cannot read it" if token else
-                "if the repo is private, pass token= or set HF_TOKEN to a token that can read it")
-        raise HubError(f"{repo_id!r} was not found on the Hub. Check the name; {hint}.", repo_id=repo_id) from e
-    except RevisionNotFoundError as e:
-        raise HubError(f"{repo_id!r} has no revision {revision!r}", repo_id=repo_id) from e
-    except LocalEntryNotFoundError as e:
-        raise HubError(
-            f"{repo_id!r} is not in the local cache and the Hub cannot be reached; connect, or set "
-            "HF_ENDPOINT to a reachable hub (e.g. `tunekit hub serve`)", repo_id=repo_id) from e
-    except HfHubHTTPError as e:
-        raise HubError(f"downloading {repo_id!r} failed: {_reason(e)}", repo_id=repo_id) from e
+        path = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=list(RUN_PATTERNS))
+    except (HFValidationError, LocalEntryNotFoundError, HfHubHTTPError) as e:
+        raise hub_error(e, repo_id=repo_id, action="downloading", revision=revision, token=token) from e
     folder = Path(path)
     if not any(folder.glob("*.safetensors")):
         raise HubError(
@@ -146,32 +129,23 @@ def download(repo_id: str, *, revision: str | None = None, token: str | None = N
     return folder
 
 
-def pull(repo_id: str, *, revision: str | None = None, token: str | None = None) -> "TuneResult":
-    """Download a fine-tune (tunekit run, plain PEFT adapter or full model) and open it.
-
-    The model itself is loaded on first use (``chat``, ``evaluate``).
+def local_folder(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                 token: str | None = None) -> tuple[Path, str | None]:
+    """A fine-tune's folder on this machine: the folder itself, or a Hub repo downloaded.
 
     Args:
-        repo_id: ``user/name``.
-        revision: branch, tag or commit id.
-        token: Hub token for private repos (also used for the base model).
+        name_or_path: a local folder, or a Hub repo id.
+        revision: Hub branch, tag or commit id (ignored for folders).
+        token: Hub token for private repos.
 
     Returns:
-        A :class:`~tunekit.result.TuneResult` over the downloaded snapshot.
+        ``(folder, repo_id)``; ``repo_id`` is None for a local folder.
+
+    Raises:
+        HubError: not a folder, and not a Hub repo that can be downloaded (see :func:`download`).
     """
-    from .result import TuneResult
-
-    folder = download(repo_id, revision=revision, token=token)
-    result = TuneResult.from_dir(folder, repo_id=repo_id)
-    result._token = token
-    return result
-
-
-def _reason(e: Exception) -> str:
-    response = getattr(e, "response", None)
-    status = getattr(response, "status_code", None)
-    if status == 401:
-        return "the token was refused (401); log in with `hf auth login` or set HF_TOKEN"
-    if status == 403:
-        return "the token may not write to this repo (403); use a token with write access"
-    return str(e).splitlines()[0]
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path, None
+    repo_id = os.fspath(name_or_path)
+    return download(repo_id, revision=revision, token=token), repo_id

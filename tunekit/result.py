@@ -1,23 +1,20 @@
-"""``TuneResult``: a finished run on disk, and what you do next with it (chat, evaluate, push)."""
+"""``TuneResult``: a finished run on disk, and what you do next with it (chat, evaluate, push,
+merge, export). It sits on top: it calls :mod:`tunekit.hub`, :mod:`tunekit.space` and
+:mod:`tunekit.export` with its folder and run record, and none of them imports it."""
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import adapters, models
 from . import chat as chatlib
-from . import models
 from .errors import ModelError
-
-log = logging.getLogger(__name__)
-
-# What a pushed repo carries; checkpoints stay local (they are for resuming, and large).
-PUSH_PATTERNS = ["*.safetensors", "*.json", "*.jinja", "*.md", "*.png", "*.txt", "*.model"]
+from .placement import placement
+from .record import Metrics, RunInfo, describe_folder
 
 
 @dataclass
@@ -30,9 +27,20 @@ class TuneResult:
         method: "full", "lora" or "qlora".
         adapter: True when ``output_dir`` holds a PEFT adapter rather than full weights.
         template: name of the chat template it was trained with.
-        metrics: train/eval loss, tokens/s, wall time, peak memory… (``metrics.json``).
-        run: everything recorded about the run (``tunekit.json``).
+        metrics: train/eval loss, tokens/s, wall time, peak memory… (``metrics.json``), a
+            :class:`~tunekit.record.Metrics` (also readable as a mapping).
+        run: everything recorded about the run (``tunekit.json``), a
+            :class:`~tunekit.record.RunInfo` (also readable as a mapping).
         url: the Hub URL once pushed.
+        repo_id: the Hub repo it was pushed to or loaded from.
+        token: Hub token for the base and private repos when the model is loaded; never shown
+            in ``repr``. Default: ``HF_TOKEN`` or the saved login.
+        device: where ``chat``/``evaluate`` load the model ("cpu", "cuda"); default: the device
+            a local run trained on, else cuda when available.
+        base_override: load the adapter over this base (Hub id or folder) instead of the one it
+            names.
+        trust_remote_code: run model code shipped with the model or base; None: the choice the
+            run was trained with (a downloaded repo never decides that by itself).
     """
 
     output_dir: Path
@@ -40,47 +48,67 @@ class TuneResult:
     method: str
     adapter: bool
     template: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
-    run: dict[str, Any] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    run: RunInfo = None  # type: ignore[assignment]  # filled from base/method/adapter when omitted
     url: str | None = None
     repo_id: str | None = None
+    # Kept out of repr so a token never reaches a log line.
+    token: str | None = field(default=None, repr=False, compare=False)
+    device: str | None = field(default=None, compare=False)
+    base_override: str | None = field(default=None, compare=False)
+    trust_remote_code: bool | None = field(default=None, compare=False)
     _loaded: Any = field(default=None, repr=False, compare=False)
-    # How to load, set by ``load()``; kept out of repr so a token never reaches a log line.
-    _token: str | None = field(default=None, repr=False, compare=False)
-    _trust_remote_code: bool | None = field(default=None, repr=False, compare=False)
-    _device: str | None = field(default=None, repr=False, compare=False)
-    _base_override: str | None = field(default=None, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.output_dir = Path(self.output_dir)
+        # Plain dicts are accepted, as earlier versions' results held them.
+        if self.run is None:
+            self.run = RunInfo(base=self.base, method=self.method, adapter=self.adapter)
+        elif not isinstance(self.run, RunInfo):
+            self.run = RunInfo.from_dict(self.run)
+        if not isinstance(self.metrics, Metrics):
+            self.metrics = Metrics.from_dict(self.metrics if isinstance(self.metrics, Mapping) else {})
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path: str | Path, *, repo_id: str | None = None) -> "TuneResult":
-        """Open a tunekit output folder, a plain PEFT adapter folder or a full model folder."""
-        path = Path(path)
-        run_file = path / "tunekit.json"
-        if run_file.exists():
-            run = json.loads(run_file.read_text())
-            metrics_file = path / "metrics.json"
-            metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-            return cls(path, run["base"], run["method"], run["adapter"], run["template"]["name"], metrics, run,
-                       repo_id=repo_id)
-        adapter_cfg = path / "adapter_config.json"
-        if adapter_cfg.exists():
-            cfg = json.loads(adapter_cfg.read_text())
-            base = cfg.get("base_model_name_or_path") or _card_base_model(path)
-            if not base:
-                raise ModelError(
-                    f"{path} is a PEFT adapter that does not name its base model (no base_model_name_or_path "
-                    "in adapter_config.json, no base_model in README.md)"
-                )
-            method = "qlora" if "4bit" in json.dumps(cfg).lower() else "lora"
-            return cls(path, base, method, True, None, {}, {"base": base, "method": method, "adapter": True},
-                       repo_id=repo_id)
-        if (path / "config.json").exists():
-            base = _card_base_model(path) or str(path)
-            return cls(path, base, "full", False, None, {}, {"base": base, "method": "full", "adapter": False},
-                       repo_id=repo_id)
-        raise ModelError(f"{path} holds no tunekit run, PEFT adapter or transformers model")
+    def from_dir(cls, path: str | Path, *, repo_id: str | None = None, token: str | None = None,
+                 device: str | None = None, base_override: str | None = None,
+                 trust_remote_code: bool | None = None) -> "TuneResult":
+        """Open a tunekit output folder, a plain PEFT adapter folder or a full model folder.
+
+        Args:
+            path: the folder.
+            repo_id: the Hub repo it came from, if any.
+            token, device, base_override, trust_remote_code: how to load it (see the class).
+
+        Raises:
+            ModelError: the folder holds none of those, or an adapter that does not name its base.
+        """
+        run, metrics = describe_folder(path)
+        return cls(Path(path), run.base, run.method, run.adapter, run.template.name, metrics, run, repo_id=repo_id,
+                   token=token, device=device, base_override=base_override, trust_remote_code=trust_remote_code)
+
+    def resolve_base(self) -> models.Base:
+        """The base this adapter is loaded over: ``base_override``, else the embedded copy, the
+        folder it was trained from (when still there), or its Hub id.
+
+        Raises:
+            ModelError: the base cannot be found or reached.
+        """
+        if self.base_override:
+            return models.resolve_base(self.base_override, token=self.token)
+        if self.run.embedded_base:
+            return models.resolve_base(None)
+        base_path = self.run.base_path
+        if base_path and Path(base_path).is_dir():
+            return models.resolve_base(base_path)
+        try:
+            return models.resolve_base(self.base, token=self.token)
+        except ModelError as e:
+            where = f"{self.repo_id!r}" if self.repo_id else str(self.output_dir)
+            raise ModelError(f"the base model of {where} is unavailable: {e} "
+                             "(tunekit.load(..., base=...) picks another copy of the same base)") from e
 
     # -- inference -----------------------------------------------------------------------------
     def _model(self):
@@ -91,58 +119,25 @@ class TuneResult:
         return self._loaded
 
     def _trust(self) -> bool:
-        if self._trust_remote_code is not None:
-            return self._trust_remote_code
+        if self.trust_remote_code is not None:
+            return self.trust_remote_code
         # A run folder made here may carry the user's own choice; a downloaded one never decides
-        # to run code on its own (load() sets _trust_remote_code for Hub repos).
-        return bool(self.run.get("options", {}).get("trust_remote_code", False))
+        # to run code on its own (load() sets trust_remote_code for Hub repos).
+        return bool(self.run.option("trust_remote_code", False))
+
+    def _source(self) -> str:
+        return self.repo_id or str(self.output_dir)
 
     def _load(self):
-        where = models.placement(self._device or (None if self.repo_id else self.run.get("options", {}).get("device")))
-        trust = self._trust()
+        where = placement(self.device or (None if self.repo_id else self.run.option("device")))
         if not self.adapter:
             tokenizer = models.load_tokenizer(self.output_dir)
-            model = models.load_model(self.output_dir, where=where, trust_remote_code=trust)
+            model = models.load_model(self.output_dir, where=where, trust_remote_code=self._trust())
             model.eval()
             return model, tokenizer
-        from peft import PeftModel
-
-        base = self._resolve_base()
-        # Adapters made with PEFT alone often ship no tokenizer: the base's is the right one then.
-        tokenizer = models.load_tokenizer(self.output_dir if has_tokenizer(self.output_dir) else base.path)
-        model = models.load_model(base.path, where=where, quantize_4bit=self.method == "qlora", trust_remote_code=trust)
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-            model.resize_token_embeddings(len(tokenizer))
-        problems = models.adapter_mismatches(models.linear_shapes(model), self.output_dir)
-        if problems:
-            raise ModelError(
-                f"the adapter {self.repo_id or self.output_dir} does not fit base {base.name!r}: "
-                + "; ".join(problems) + ". It was trained on another model; load it with the base it names, "
-                "or pass base= the right one.")
-        try:
-            model = PeftModel.from_pretrained(model, str(self.output_dir))
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ModelError(
-                f"the adapter in {self.output_dir} does not fit base {self.base!r} (shapes or module names "
-                f"differ): {e}"
-            ) from e
-        model.eval()
-        return model, tokenizer
-
-    def _resolve_base(self) -> models.Base:
-        if self._base_override:
-            return models.resolve_base(self._base_override, token=self._token)
-        if self.run.get("embedded_base"):
-            return models.resolve_base(None)
-        base_path = self.run.get("base_path")
-        if base_path and Path(base_path).is_dir():
-            return models.resolve_base(base_path)
-        try:
-            return models.resolve_base(self.base, token=self._token)
-        except ModelError as e:
-            where = f"{self.repo_id!r}" if self.repo_id else str(self.output_dir)
-            raise ModelError(f"the base model of {where} is unavailable: {e} "
-                             "(tunekit.load(..., base=...) picks another copy of the same base)") from e
+        return adapters.open_adapter(self.output_dir, self.resolve_base(), where=where,
+                                     quantize_4bit=self.method == "qlora", trust_remote_code=self._trust(),
+                                     adapter=self._source())
 
     def chat(self, prompt: str | list[dict[str, str]], *, system: str | None = None, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, stream: bool = False,
@@ -206,32 +201,21 @@ class TuneResult:
 
         rows, report = datalib.read_examples(data)
         model, tokenizer = self._model()
-        train_on = self.run.get("train_on", "assistant")
-        max_length = self.run.get("options", {}).get("max_length")
-        encoded, _ = templates.encode_all(rows, tokenizer, train_on=train_on, max_length=max_length,
-                                          source=report.source)
+        encoded, _ = templates.encode_all(rows, tokenizer, train_on=self.run.train_on,
+                                          max_length=self.run.option("max_length"), source=report.source)
         total_loss, total_tokens = 0.0, 0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         with self._lock, torch.inference_mode():
             for i in range(0, len(encoded), batch_size):
-                batch = encoded[i:i + batch_size]
-                width = max(len(r["input_ids"]) for r in batch)
-                ids = torch.full((len(batch), width), pad)
-                labels = torch.full((len(batch), width), -100)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for j, r in enumerate(batch):
-                    n = len(r["input_ids"])
-                    ids[j, :n] = torch.tensor(r["input_ids"])
-                    labels[j, :n] = torch.tensor(r["labels"])
-                    mask[j, :n] = 1
+                ids, labels, mask = _batch(encoded[i:i + batch_size], pad)
                 logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
                 shift_logits = logits[:, :-1].float()
                 shift_labels = labels[:, 1:].to(model.device)
                 loss = torch.nn.functional.cross_entropy(
                     shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                    ignore_index=-100, reduction="sum")
+                    ignore_index=templates.IGNORE_INDEX, reduction="sum")
                 total_loss += float(loss)
-                total_tokens += int((shift_labels != -100).sum())
+                total_tokens += int((shift_labels != templates.IGNORE_INDEX).sum())
         mean = total_loss / max(total_tokens, 1)
         return {"loss": mean, "perplexity": math.exp(min(mean, 50)), "rows": len(encoded), "tokens": total_tokens}
 
@@ -240,6 +224,7 @@ class TuneResult:
              commit_message: str | None = None) -> str:
         """Upload the adapter (or model), tokenizer, chat template, model card, metrics and loss
         plot to a Hub repo in one commit. Pushing again adds a commit; history is kept.
+        See :func:`tunekit.hub.push_run`.
 
         Args:
             repo_id: ``user/name`` or ``org/name``.
@@ -252,7 +237,8 @@ class TuneResult:
         """
         from . import hub
 
-        url = hub.push_run(self, repo_id, private=private, token=token, commit_message=commit_message)
+        url = hub.push_run(self.output_dir, repo_id, run=self.run, metrics=self.metrics, private=private,
+                           token=token, commit_message=commit_message)
         self.url, self.repo_id = url, repo_id
         return url
 
@@ -273,28 +259,38 @@ class TuneResult:
         """
         from . import space
 
-        return space.push_space(self, space_id, private=private, token=token, adapters=adapters,
-                                examples=examples)
+        return space.push_space(self.output_dir, space_id, repo_id=self.repo_id, private=private, token=token,
+                                adapters=adapters, examples=examples)
 
     # -- leaving tunekit -------------------------------------------------------------------------
-    def merge(self, out_dir: str | Path, *, dtype: str | None = None) -> Path:
+    def merge(self, output_dir: str | Path | None = None, *, dtype: str | None = None, **deprecated: Any) -> Path:
         """Write the adapter merged into its base: a plain transformers model that loads without
         PEFT. QLoRA adapters are merged into the de-quantised base (with a warning about the
         rounding). See :func:`tunekit.export.merge`.
 
         Args:
-            out_dir: a new (or empty) folder.
+            output_dir: a new (or empty) folder. (``out_dir=`` is its deprecated name.)
             dtype: "float32", "bfloat16" or "float16"; default: the base's own dtype.
 
         Returns:
-            ``out_dir`` as a Path.
+            ``output_dir`` as a Path.
 
         Example:
             >>> tunekit.load("alice/show-notes-lora").merge("show-notes-merged")
         """
         from . import export
+        from .options import renamed
 
-        return export.merge(self, out_dir, dtype=dtype)
+        if output_dir is not None:
+            deprecated["output_dir"] = output_dir
+        kwargs = renamed(deprecated, {"out_dir": "output_dir"}, where="merge()")
+        output_dir = kwargs.pop("output_dir", None)
+        if kwargs:
+            raise TypeError(f"merge() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        if output_dir is None:
+            raise TypeError("merge() missing 1 required argument: 'output_dir'")
+        return export.merge(self.output_dir, output_dir, run=self.run, resolve_base=self.resolve_base, dtype=dtype,
+                            trust_remote_code=self._trust(), source=self._source())
 
     def export_gguf(self, path: str | Path, *, dtype: str = "f16") -> Path:
         """Write the fine-tune (merged, for an adapter) as one GGUF file for llama.cpp and
@@ -312,7 +308,26 @@ class TuneResult:
         """
         from . import export
 
-        return export.export_gguf(self, path, dtype=dtype)
+        return export.export_gguf(self.output_dir, path, run=self.run, resolve_base=self.resolve_base, dtype=dtype,
+                                  trust_remote_code=self._trust(), source=self._source())
+
+
+def _batch(rows: list[dict], pad: int):
+    """Right-padded ``(input_ids, labels, attention_mask)`` tensors for encoded rows."""
+    import torch
+
+    from .templates import IGNORE_INDEX
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad)
+    labels = torch.full((len(rows), width), IGNORE_INDEX)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[j, :n] = torch.tensor(r["input_ids"])
+        labels[j, :n] = torch.tensor(r["labels"])
+        mask[j, :n] = 1
+    return ids, labels, mask
 
 
 def load(name_or_path: str | Path, *, revision: str | None = None, token: str | None = None,
@@ -345,33 +360,10 @@ def load(name_or_path: str | Path, *, revision: str | None = None, token: str | 
     Example:
         >>> tunekit.load("alice/show-notes-lora").chat("Write show notes for: ...")
     """
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        result = TuneResult.from_dir(path)
-        result._trust_remote_code = True if trust_remote_code else None
-    else:
-        from . import hub
+    from . import hub
 
-        result = hub.pull(str(name_or_path), revision=revision, token=token)
-        result._trust_remote_code = trust_remote_code
-    result._token, result._device, result._base_override = token, device, base
-    return result
-
-
-def has_tokenizer(folder: Path) -> bool:
-    """True when ``folder`` holds a tokenizer of its own (not just a model or adapter)."""
-    return any((Path(folder) / name).exists() for name in ("tokenizer.json", "tokenizer_config.json",
-                                                             "tokenizer.model"))
-
-
-def _card_base_model(path: Path) -> str | None:
-    readme = path / "README.md"
-    if not readme.exists():
-        return None
-    try:
-        from huggingface_hub import ModelCard
-
-        base = ModelCard.load(readme).data.to_dict().get("base_model")
-    except Exception:  # an unreadable card just means we cannot learn the base from it
-        return None
-    return base[0] if isinstance(base, list) and base else base
+    folder, repo_id = hub.local_folder(name_or_path, revision=revision, token=token)
+    # A local run keeps its own choice unless the caller turns code on; a download never runs it unasked.
+    trust = trust_remote_code if repo_id else (True if trust_remote_code else None)
+    return TuneResult.from_dir(folder, repo_id=repo_id, token=token, device=device, base_override=base,
+                               trust_remote_code=trust)

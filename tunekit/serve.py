@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import adapters, hub, models
 from . import chat as chatlib
-from . import models
 from .errors import ConfigError, ModelError
+from .placement import placement
+from .record import describe_folder
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class AdapterPool:
         self.auto_add = auto_add
         self._token = token
         self._base = models.resolve_base(base, token=token)
-        self._where = models.placement(device)
+        self._where = placement(device)
         self._tokenizer = models.load_tokenizer(self._base.path)
         self._base_model = models.load_model(self._base.path, where=self._where, trust_remote_code=trust_remote_code)
         self._base_model.eval()
@@ -168,32 +170,28 @@ class AdapterPool:
 
     def _prepare(self, name: str, source: str, revision: str | None, force: bool) -> _Adapter:
         """Download and check an adapter; touches no model state, so it runs without the lock."""
-        from .result import has_tokenizer, load
-
-        result = load(source, revision=revision, token=self._token)
-        if not result.adapter:
+        folder, _ = hub.local_folder(source, revision=revision, token=self._token)
+        run, _ = describe_folder(folder)
+        if not run.adapter:
             raise ModelError(
                 f"{source!r} is a full model, not an adapter; a pool shares one base between adapters. "
                 f"Open it alone with tunekit.load({source!r}).")
-        folder = Path(result.output_dir)
-        adapter_base = _adapter_base(folder) or result.base
-        if not force and not self._is_pool_base(adapter_base, result.run.get("base_path")):
+        adapter_base = _adapter_base(folder) or run.base
+        if not force and not self._is_pool_base(adapter_base, run.base_path):
             raise ModelError(
                 f"adapter {source!r} was made for base {adapter_base!r}, but this pool's base is "
                 f"{self._base.name!r}. Use a pool over that base, or add(..., force=True) if they are "
                 "the same model under another name.")
-        problems = models.adapter_mismatches(self._shapes, folder)
-        if problems:
-            raise ModelError(f"adapter {source!r} does not fit base {self._base.name!r}: " + "; ".join(problems))
+        adapters.check_fits(self._shapes, folder, adapter=source, base=self._base.name)
         tokenizer = self._tokenizer
-        if has_tokenizer(folder):
+        if adapters.has_tokenizer(folder):
             # The run's own tokenizer carries the chat template it was trained with.
             tokenizer = models.load_tokenizer(folder)
             if len(tokenizer) > self._vocab_rows:
                 raise ModelError(
                     f"adapter {source!r} adds tokens to the vocabulary ({len(tokenizer)} > {self._vocab_rows}); "
                     f"that changes the shared base. Open it alone with tunekit.load({source!r}).")
-        if result.method == "qlora":
+        if run.method == "qlora":
             log.info("%s was trained over a 4-bit base; the pool runs it over the %s base", source, self._where.dtype)
         return _Adapter(name, source, revision, force, folder, tokenizer)
 
@@ -226,7 +224,7 @@ class AdapterPool:
             with self._state:
                 if self._pending.get(entry.name) is entry:
                     del self._pending[entry.name]  # the next request checks it afresh
-            raise ModelError(f"adapter {entry.source!r} could not be loaded over {self._base.name!r}: {e}") from e
+            raise adapters.misfit(entry.source, self._base.name, f"PEFT could not load it ({e})") from e
         self._peft.eval()
         entry.slot = slot
         with self._state:
