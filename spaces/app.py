@@ -40,6 +40,8 @@ CSS = """
 #card-summary { font-size: 0.95em; }
 .answer textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
 """
+# The app's own labels, not tunekit's registry: a Space runs against the tunekit release its
+# requirements.txt installs, so the app uses only its public entry points (load, resolve_base).
 _METHOD = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA (4-bit base)"}
 
 
@@ -99,10 +101,16 @@ class Models:
     Each adapter is opened with ``tunekit.load`` (Hub id or local folder); its base answers the
     "base" side of the comparison through ``use_adapter=False``. A full fine-tune has no separate
     base, so its base model is opened on its own when the comparison asks for it.
+
+    Args:
+        config: what :func:`load_config` returned.
+        token: Hub token for private adapters and bases; default: ``HF_TOKEN`` (a Space secret)
+            or the saved login.
     """
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], *, token: str | None = None):
         self.config = config
+        self.token = token
         self.entries = {adapter_label(e): e for e in config["adapters"]}
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -115,13 +123,8 @@ class Models:
                 entry = self.entries[label]
                 source = entry.get("path") or entry["repo_id"]
                 log.info("loading %s", source)
-                self._loaded[label] = tunekit.load(source, revision=entry.get("revision"))
+                self._loaded[label] = tunekit.load(source, revision=entry.get("revision"), token=self.token)
             return self._loaded[label]
-
-    def provide(self, label: str, result) -> None:
-        """Use an already opened ``TuneResult`` for ``label`` (``tunekit space run`` has one)."""
-        with self._lock:
-            self._loaded[label] = result
 
     def base_of(self, label: str):
         result = self.get(label)
@@ -130,10 +133,10 @@ class Models:
         key = f"base:{result.base}"
         with self._lock:
             if key not in self._loaded:
+                import tunekit
                 from tunekit import models
-                from tunekit.result import TuneResult
 
-                self._loaded[key] = TuneResult.from_dir(models.resolve_base(result.base).path)
+                self._loaded[key] = tunekit.load(models.resolve_base(result.base, token=self.token).path)
             return self._loaded[key], {}
 
     def warm(self) -> None:

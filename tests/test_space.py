@@ -133,7 +133,7 @@ def test_readme_names_adapter_and_base_when_the_base_is_on_the_hub():
 
 def test_a_space_needs_pushed_adapters_on_one_base(pushed, tmp_path):
     result, _ = pushed
-    local = tunekit.load(result.output_dir)
+    local = result.output_dir  # the folder alone: which repo it was pushed to is not known
     with pytest.raises(ConfigError, match="Push it first"):
         space.push_space(local, "alice/never-made")
     other = tmp_path / "other"
@@ -143,6 +143,73 @@ def test_a_space_needs_pushed_adapters_on_one_base(pushed, tmp_path):
     (other / "tunekit.json").write_text(json.dumps(run))
     with pytest.raises(ConfigError, match="different bases"):
         space.space_config(local, adapters=[str(other)], local=True)
+
+
+def test_a_folder_with_the_repo_it_was_pushed_to_is_served_from_the_hub(pushed):
+    result, _ = pushed
+    config = space.space_config(result.output_dir, repo_id=ADAPTER, endpoint="http://hub.test/")
+    (entry,) = config["adapters"]
+    assert entry["repo_id"] == entry["label"] == ADAPTER and entry["url"] == f"http://hub.test/{ADAPTER}"
+    assert "path" not in entry and config["title"] == "adder-lora demo"
+    local = space.space_config(result.output_dir, local=True, endpoint="http://hub.test")
+    assert local["adapters"][0]["path"] == str(Path(result.output_dir).resolve())
+    assert local["adapters"][0]["label"] == Path(result.output_dir).name
+
+
+def test_space_config_reads_the_run_record(tmp_path, rows_file):
+    from tunekit.record import DataInfo, Metrics, RunInfo
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    RunInfo(base="someone/base", method="qlora", adapter=True, base_license="apache-2.0",
+            options={"eval_split": 4, "seed": 42},
+            data=DataInfo(source=str(rows_file), format="messages", train_rows=8, eval_rows=4)).save(folder)
+    Metrics(eval_loss_first=2.0, eval_loss_best=1.5, steps=3, device="cpu").save(folder)
+    config = space.space_config(folder, repo_id="alice/q", endpoint="http://hub.test")
+    assert config["base"] == "someone/base" and config["method"] == "qlora" and config["license"] == "apache-2.0"
+    assert config["examples"] == held_out(rows_file)
+    (entry,) = config["adapters"]
+    assert entry["metrics"] == {"eval_loss_first": 2.0, "eval_loss_best": 1.5, "steps": 3}
+    assert entry["data"] == {"train_rows": 8, "eval_rows": 4, "format": "messages"}
+    assert entry["adapter"] is True and entry["base"] == "someone/base"
+    # The README names the registry's short label for the method.
+    assert "a QLoRA fine-tune of" in space.render_readme(config)
+
+
+def test_example_prompts_recorded_by_the_run_or_an_older_version_win(tmp_path):
+    from tunekit.record import DataInfo, RunInfo
+
+    gone = DataInfo(source=str(tmp_path / "moved.jsonl"))
+    run = RunInfo(base="b/b", method="lora", adapter=True, data=gone, example_prompts=["a", "b", "c"])
+    assert space.held_out_prompts(run, n=2) == ["a", "b"]
+    legacy = RunInfo.from_dict({"base": "b/b", "method": "lora", "adapter": True, "data": gone.to_dict(),
+                                "example_prompt": "old prompt"})
+    assert space.held_out_prompts(legacy) == ["old prompt"]
+    assert space.held_out_prompts(RunInfo(base="b/b", method="lora", adapter=True)) == []
+
+
+def test_the_space_link_goes_after_the_card_header_once():
+    url = "http://hub.test/spaces/alice/d"
+    card = "---\nlicense: mit\n---\n# A card\n"
+    linked = space.insert_link(card, "alice/d", url)
+    assert linked == f"---\nlicense: mit\n---\n\n**Try it:** [alice/d]({url}) (Gradio Space).\n# A card\n"
+    assert space.insert_link(linked, "alice/d", url) == linked
+    assert space.insert_link("# No header\n", "alice/d", url).startswith("\n**Try it:**")
+
+
+def test_space_ids_are_checked_before_anything_is_opened(tmp_path):
+    with pytest.raises(ConfigError, match="space_id must look like"):
+        space.push_space(tmp_path, "not a space id")
+
+
+def test_the_space_module_does_not_import_the_result():
+    import ast
+
+    for module in ("space", "card"):
+        tree = ast.parse((REPO / "tunekit" / f"{module}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+        assert not imported & {"result", "tunekit.result"}, module
 
 
 # -- the app, in a browser -----------------------------------------------------------------------

@@ -3,114 +3,152 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import methods
 from .config import shipped_dir
+from .hubid import looks_like_path
+from .record import Metrics, RunInfo
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard, ModelCardData
 
 log = logging.getLogger(__name__)
 
-_METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA (4-bit NF4 base)"}
 
+def card_metadata(run: RunInfo, metrics: Metrics, *, model_name: str) -> "ModelCardData":
+    """The YAML header as ``ModelCardData``: what the Hub indexes and filters on.
 
-def card_metadata(run: dict[str, Any], metrics: dict[str, Any], *, model_name: str):
-    """The YAML header as ``ModelCardData``: what the Hub indexes and filters on."""
-    from huggingface_hub import EvalResult, ModelCardData
+    Args:
+        run: the run record (``tunekit.json``); a plain dict is read as one.
+        metrics: the run's metrics (``metrics.json``); a plain dict is read as one.
+        model_name: the card's title (the repo id, when there is one).
 
-    eval_results = None
-    if metrics.get("eval_loss_best") is not None:
-        eval_results = [
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=run["data"].get("hub_dataset") or "custom",
-                dataset_name=run["data"].get("hub_dataset") or Path(str(run["data"]["source"])).name,
-                dataset_split="eval",
-                metric_type="loss",
-                metric_name="eval loss",
-                metric_value=round(float(metrics["eval_loss_best"]), 4),
-            )
-        ]
+    Returns:
+        The metadata: base model, library, license, tags, data sets and the eval loss.
+    """
+    from huggingface_hub import ModelCardData
+
+    data = run.data
+    hub_dataset = data.hub_dataset if data else None
     return ModelCardData(
         base_model=hub_base_id(run),
-        library_name="peft" if run["adapter"] else "transformers",
+        library_name="peft" if run.adapter else "transformers",
         pipeline_tag="text-generation",
-        license=run.get("base_license") or None,
-        tags=["tunekit", "trl", "sft", run["method"]] + (["lora"] if run["method"] == "qlora" else []),
-        datasets=[run["data"]["hub_dataset"]] if run["data"].get("hub_dataset") else None,
-        eval_results=eval_results,
+        license=run.base_license or None,
+        tags=["tunekit", "trl", run.objective, run.method] + (["lora"] if run.method == "qlora" else []),
+        datasets=[hub_dataset] if hub_dataset else None,
+        eval_results=_eval_results(run, metrics),
         model_name=model_name,
     )
 
 
-def hub_base_id(run: dict[str, Any]) -> str | None:
+def _eval_results(run: RunInfo, metrics: Metrics) -> list | None:
+    from huggingface_hub import EvalResult
+
+    if metrics.eval_loss_best is None:
+        return None
+    return [
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=run.data.hub_dataset or "custom",
+            dataset_name=run.data.hub_dataset or Path(str(run.data.source)).name,
+            dataset_split="eval",
+            metric_type="loss",
+            metric_name="eval loss",
+            metric_value=round(float(metrics.eval_loss_best), 4),
+        )
+    ]
+
+
+def hub_base_id(run: RunInfo) -> str | None:
     """The base as a Hub repo id, or None when it was a local folder: the Hub's ``base_model``
-    field (and the model tree built from it) only understands repo ids."""
-    if run.get("embedded_base"):
+    field (and the model tree built from it) only understands repo ids.
+
+    Args:
+        run: the run record; a plain dict is read as one.
+    """
+    if run.embedded_base:
         from .models import EMBEDDED_ID
 
         return EMBEDDED_ID
-    name = str(run["base"])
-    if run.get("base_path") or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    name = str(run.base)
+    if run.base_path or looks_like_path(name):
         return None
     return name
 
 
-def render_card(run: dict[str, Any], metrics: dict[str, Any], *, repo_id: str | None = None,
-                space_id: str | None = None, endpoint: str = "https://huggingface.co"):
+def render_card(run: RunInfo, metrics: Metrics, *, repo_id: str | None = None,
+                space_id: str | None = None, endpoint: str = "https://huggingface.co") -> "ModelCard":
     """Render the card from ``templates/model_card.md.jinja``.
 
     Args:
-        run: the run description (``tunekit.json``).
-        metrics: the run's metrics (``metrics.json``).
+        run: the run record (``tunekit.json``) of a run tunekit trained; a plain dict is read
+            as one.
+        metrics: the run's metrics (``metrics.json``); a plain dict is read as one.
         repo_id: the Hub repo the card will live in (used in the usage snippets).
         space_id: a demo Space to link, if any.
         endpoint: Hub address for links.
+
+    Returns:
+        The card (``str(card)`` is the README text).
     """
     from huggingface_hub import ModelCard
 
-    name = repo_id or f"{run['base'].split('/')[-1]}-{run['method']}"
-    options = run.get("options", {})
-    hyper = [("epochs", metrics.get("epochs")), ("learning rate", options.get("lr") or _default_lr(run)),
-             ("batch size", f"{options.get('batch_size')} x {options.get('grad_accum')} accumulation"),
-             ("max length", options.get("max_length")), ("seed", options.get("seed"))]
-    if run["adapter"]:
-        hyper = [("LoRA r / alpha", f"{options.get('r')} / {options.get('alpha')}"),
-                 ("LoRA dropout", options.get("dropout")), ("target modules", options.get("target_modules")),
-                 ("DoRA / rsLoRA", f"{options.get('use_dora')} / {options.get('use_rslora')}")] + hyper
-    results = [(k, _fmt(metrics.get(k))) for k in (
-        "train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_best", "steps",
-        "trainable_params", "total_params", "wall_seconds", "tokens_per_second", "peak_memory_bytes")
-        if metrics.get(k) is not None]
-    masking = ("assistant turns only (content + end-of-turn token)" if run.get("train_on") == "assistant"
-               else "every token")
-    example = ((run.get("example_prompts") or ["Hello! What can you do?"])[0]
+    name = repo_id or f"{run.base.split('/')[-1]}-{run.method}"
+    base_id = hub_base_id(run)
+    example = ((run.example_prompts or ["Hello! What can you do?"])[0]
                .replace('"', '\\"').replace("\n", " "))
-    template = shipped_dir("templates") / "model_card.md.jinja"
     return ModelCard.from_template(
         card_metadata(run, metrics, model_name=name),
-        template_path=str(template),
+        template_path=str(shipped_dir("templates") / "model_card.md.jinja"),
         model_name=name,
-        summary=f"Fine-tuned from `{run['base']}` on {run['data']['train_rows']} examples.",
-        method_label=_METHOD_LABEL[run["method"]],
-        base=run["base"],
-        base_url=f"{endpoint}/{hub_base_id(run)}" if hub_base_id(run) else None,
-        adapter=run["adapter"],
+        summary=f"Fine-tuned from `{run.base}` on {run.data.train_rows} examples.",
+        method_label=methods.get(run.method).title,
+        base=run.base,
+        base_url=f"{endpoint}/{base_id}" if base_id else None,
+        adapter=run.adapter,
         repo_id=repo_id or name,
         space_id=space_id,
         space_url=f"{endpoint}/spaces/{space_id}" if space_id else None,
         example_prompt=example,
-        hyperparameters=hyper,
-        template_name=run["template"]["name"],
-        template_sha256=run["template"]["sha256"],
-        masking=masking,
-        data=run["data"],
+        hyperparameters=_hyperparameters(run, metrics),
+        template_name=run.template.name,
+        template_sha256=run.template.sha256,
+        masking=("assistant turns only (content + end-of-turn token)" if run.train_on == "assistant"
+                 else "every token"),
+        data=run.data,
         metrics=metrics,
-        results=results,
-        license=run.get("base_license"),
+        results=[(k, _fmt(getattr(metrics, k))) for k in _RESULT_KEYS if getattr(metrics, k) is not None],
+        license=run.base_license,
     )
 
 
-def write_card(out: Path, run: dict[str, Any], metrics: dict[str, Any], **kwargs: Any) -> Path:
+# The metrics the card's Results table lists, in this order.
+_RESULT_KEYS = ("train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_best", "steps",
+                "trainable_params", "total_params", "wall_seconds", "tokens_per_second", "peak_memory_bytes")
+
+
+def _hyperparameters(run: RunInfo, metrics: Metrics) -> list[tuple[str, Any]]:
+    option = run.option
+    hyper = [("epochs", metrics.epochs), ("learning rate", option("lr") or methods.get(run.method).default_lr),
+             ("batch size", f"{option('batch_size')} x {option('grad_accum')} accumulation"),
+             ("max length", option("max_length")), ("seed", option("seed"))]
+    if run.adapter:
+        hyper = [("LoRA r / alpha", f"{option('r')} / {option('alpha')}"),
+                 ("LoRA dropout", option("dropout")), ("target modules", option("target_modules")),
+                 ("DoRA / rsLoRA", f"{option('use_dora')} / {option('use_rslora')}")] + hyper
+    return hyper
+
+
+def write_card(out: str | os.PathLike, run: RunInfo, metrics: Metrics, **kwargs: Any) -> Path:
+    """Render the card (see :func:`render_card`) and save it as ``out/README.md``.
+
+    Returns:
+        The README's path.
+    """
     path = Path(out) / "README.md"
     render_card(run, metrics, **kwargs).save(path)
     return path
@@ -142,15 +180,11 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def _default_lr(run: dict[str, Any]) -> float:
-    from .methods import default_lr
-
-    return default_lr(run["method"])
-
-
 def _fmt(value: Any) -> Any:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, int) and value > 10_000:
         return f"{value:,}"
     return value
+
+

@@ -17,13 +17,13 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import shipped_dir
-from .errors import ConfigError, HubError
-
-if TYPE_CHECKING:
-    from .result import TuneResult
+from .errors import ConfigError, HubError, hub_error
+from .hubid import is_hub_id
+from .record import Metrics, RunInfo, describe_folder
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,31 @@ APP_FILES = ("app.py", "requirements.txt")
 # installed where the Space is pushed from (pushing needs no gradio).
 GRADIO_TESTED = "6.31.0"
 MAX_EXAMPLES = 4
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_METHOD_LABEL = {"full": "full fine-tune", "lora": "LoRA", "qlora": "QLoRA"}
 # Card facts carried into the Space config: small, and all the summary needs.
 _METRIC_KEYS = ("eval_loss_first", "eval_loss_best", "train_loss_first", "train_loss_last", "steps",
                 "epochs", "trainable_params", "total_params", "tokens_per_second", "wall_seconds")
 
 
+@dataclass(frozen=True)
+class _Adapter:
+    """One fine-tune the Space serves: its folder (local run or Hub snapshot), its record, and
+    the Hub repo it lives in (None for a folder that was never pushed)."""
+
+    folder: Path
+    run: RunInfo
+    metrics: Metrics
+    repo_id: str | None
+
+
 # -- what the Space serves -----------------------------------------------------------------------
-def space_config(result_or_repo: "TuneResult | str | os.PathLike", *, adapters: list[str] | None = None,
+def space_config(model: str | os.PathLike, *, repo_id: str | None = None, adapters: list[str] | None = None,
                  examples: list[str] | None = None, title: str | None = None, token: str | None = None,
                  endpoint: str | None = None, local: bool = False) -> dict[str, Any]:
     """The ``tunekit_space.json`` for a fine-tune (and optional extra adapters on the same base).
 
     Args:
-        result_or_repo: a :class:`~tunekit.TuneResult`, an output folder or a Hub repo id.
+        model: an output folder or a Hub repo id.
+        repo_id: the Hub repo the folder ``model`` was pushed to (ignored for a Hub id).
         adapters: more adapters (Hub ids or folders) trained on the same base, for the picker.
         examples: example prompts; default: user turns of the run's held-out rows.
         title: the Space's title; default: "<adapter name> demo".
@@ -63,14 +73,60 @@ def space_config(result_or_repo: "TuneResult | str | os.PathLike", *, adapters: 
         ConfigError: an adapter was never pushed (when not ``local``), or the adapters do not
             share one base.
         HubError: a repo cannot be downloaded.
+
+    Example:
+        >>> space_config("runs/notes-lora", repo_id="alice/notes-lora")["adapters"][0]["label"]
+        'alice/notes-lora'
     """
-    results = [_open(result_or_repo, token=token)] + [_open(a, token=token) for a in adapters or []]
-    endpoint = (endpoint or _endpoint(token)).rstrip("/")
-    entries = [_adapter_entry(r, endpoint=endpoint, local=local) for r in results]
-    bases = {r.base for r in results}
-    if len(results) > 1:
-        problems = [f"{e['label']} is a full fine-tune; only adapters can share a base" for r, e in
-                    zip(results, entries) if not r.adapter]
+    opened = _open_all(model, repo_id=repo_id, adapters=adapters, token=token)
+    return _config(opened, examples=examples, title=title, endpoint=endpoint or _endpoint(token), local=local)
+
+
+def _open_all(model: str | os.PathLike, *, repo_id: str | None, adapters: list[str] | None,
+              token: str | None) -> list[_Adapter]:
+    return [_open(model, repo_id=repo_id, token=token)] + [_open(a, token=token) for a in adapters or []]
+
+
+def _open(item: str | os.PathLike, *, repo_id: str | None = None, token: str | None = None) -> _Adapter:
+    # The same rule as tunekit.load: an existing folder is a folder, anything else a Hub id.
+    path = Path(item).expanduser()
+    if not path.is_dir():
+        from . import hub
+
+        repo_id = str(item)
+        path = hub.download(repo_id, token=token)
+    run, metrics = describe_folder(path)
+    return _Adapter(folder=path, run=run, metrics=metrics, repo_id=repo_id)
+
+
+def _config(opened: list[_Adapter], *, examples: list[str] | None, title: str | None, endpoint: str,
+            local: bool) -> dict[str, Any]:
+    endpoint = endpoint.rstrip("/")
+    entries = [_adapter_entry(a, endpoint=endpoint, local=local) for a in opened]
+    _check_one_base(opened, entries)
+    first = opened[0].run
+    if examples is None:
+        examples = held_out_prompts(first)
+    name = entries[0]["label"].split("/")[-1]
+    return {
+        "title": title or f"{name} demo",
+        "base": first.base,
+        "method": first.method,
+        "license": first.base_license,
+        "adapters": entries,
+        "examples": [e for e in examples if e.strip()][:MAX_EXAMPLES * 2],
+        "system_prompt": "",
+        # CPU Spaces are slow; a short default keeps the first answer quick (the slider goes up).
+        "max_new_tokens": 128,
+        "tunekit_version": __version__,
+    }
+
+
+def _check_one_base(opened: list[_Adapter], entries: list[dict[str, Any]]) -> None:
+    bases = {a.run.base for a in opened}
+    if len(opened) > 1:
+        problems = [f"{e['label']} is a full fine-tune; only adapters can share a base" for a, e in
+                    zip(opened, entries) if not a.run.adapter]
         if len(bases) > 1:
             problems.append(f"the adapters were trained on different bases ({', '.join(sorted(bases))}); "
                             "one Space serves adapters of one base")
@@ -79,25 +135,9 @@ def space_config(result_or_repo: "TuneResult | str | os.PathLike", *, adapters: 
     labels = [e["label"] for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"the same adapter is listed twice: {labels}")
-    first = results[0]
-    if examples is None:
-        examples = held_out_prompts(first)
-    name = entries[0]["label"].split("/")[-1]
-    return {
-        "title": title or f"{name} demo",
-        "base": first.base,
-        "method": first.method,
-        "license": first.run.get("base_license"),
-        "adapters": entries,
-        "examples": [e for e in examples if e.strip()][:MAX_EXAMPLES * 2],
-        "system_prompt": "",
-        # CPU Spaces are slow; a short default keeps the first answer quick (the slider goes up).
-        "max_new_tokens": 128,
-        "tunekit_version": _version("tunekit"),
-    }
 
 
-def held_out_prompts(result: "TuneResult", n: int = MAX_EXAMPLES) -> list[str]:
+def held_out_prompts(run: RunInfo, n: int = MAX_EXAMPLES) -> list[str]:
     """Up to ``n`` user prompts from the rows the run held out for evaluation.
 
     The run records where its data came from and how it split it (``eval_split``, ``seed``), so
@@ -105,76 +145,74 @@ def held_out_prompts(result: "TuneResult", n: int = MAX_EXAMPLES) -> list[str]:
     is still where it was. Otherwise the run's recorded example prompt, if any.
 
     Args:
-        result: the fine-tune.
+        run: the fine-tune's record (``tunekit.json``).
         n: how many prompts at most.
 
     Returns:
         The prompts (may be empty).
     """
-    recorded = result.run.get("example_prompts")
-    if isinstance(recorded, list) and recorded:
-        return [str(p) for p in recorded][:n]
-    rows = _held_out_rows(result)
-    prompts = []
-    for row in rows:
+    if run.example_prompts:
+        return [str(p) for p in run.example_prompts][:n]
+    prompts: list[str] = []
+    for row in _held_out_rows(run):
         user = next((m["content"] for m in row.get("messages", []) if m.get("role") == "user"), None)
         if user and user.strip() and user not in prompts:
             prompts.append(user.strip())
         if len(prompts) == n:
             break
-    if not prompts and result.run.get("example_prompt"):
-        prompts.append(str(result.run["example_prompt"]))
+    # Records of older versions kept one prompt under this key.
+    legacy = run.extra.get("example_prompt")
+    if not prompts and legacy:
+        prompts.append(str(legacy))
     return prompts
 
 
-def _held_out_rows(result: "TuneResult") -> list[dict]:
+def _held_out_rows(run: RunInfo) -> list[dict]:
     from . import data
 
-    options = result.run.get("options") or {}
-    source = (result.run.get("data") or {}).get("source")
+    eval_data = run.option("eval_data")
+    source = run.data.source if run.data else None
     try:
-        if options.get("eval_data") and Path(str(options["eval_data"])).exists():
-            rows, _ = data.read_examples(options["eval_data"], on_bad_rows="skip")
+        if eval_data and Path(str(eval_data)).exists():
+            rows, _ = data.read_examples(eval_data, on_bad_rows="skip")
             return rows
         if source and Path(str(source)).exists():
-            rows, _ = data.read_examples(source, on_bad_rows=options.get("on_bad_rows", "raise"))
-            split = options.get("eval_split", 0.1)
+            rows, _ = data.read_examples(source, on_bad_rows=run.option("on_bad_rows", "raise"))
             # JSON keeps 4 as 4 and 0.1 as 0.1, so the split is the one the run made.
-            _, held = data.split_examples(rows, split, seed=int(options.get("seed", 42)))
+            _, held = data.split_examples(rows, run.option("eval_split", 0.1), seed=int(run.option("seed", 42)))
             return held
     except Exception as e:  # examples are a nicety: a moved or changed file must not stop a push
-        log.info("could not re-read the held-out rows of %s: %s", result.output_dir, e)
+        log.info("could not re-read the held-out rows of %s: %s", source or eval_data, e)
     return []
 
 
-def _open(item: "TuneResult | str | os.PathLike", *, token: str | None) -> "TuneResult":
-    from .result import TuneResult, load
-
-    if isinstance(item, TuneResult):
-        return item
-    return load(item, token=token)
-
-
-def _adapter_entry(result: "TuneResult", *, endpoint: str, local: bool) -> dict[str, Any]:
-    data = result.run.get("data") or {}
+def _adapter_entry(adapter: _Adapter, *, endpoint: str, local: bool) -> dict[str, Any]:
+    run, metrics = adapter.run, adapter.metrics
     entry: dict[str, Any] = {
-        "method": result.method,
-        "base": result.base,
-        "adapter": result.adapter,
-        "metrics": {k: result.metrics[k] for k in _METRIC_KEYS if result.metrics.get(k) is not None},
-        "data": {k: data[k] for k in ("train_rows", "eval_rows", "format") if data.get(k) is not None},
+        "method": run.method,
+        "base": run.base,
+        "adapter": run.adapter,
+        "metrics": {k: getattr(metrics, k) for k in _METRIC_KEYS if getattr(metrics, k) is not None},
+        "data": _data_facts(run),
     }
-    if result.repo_id:
-        entry.update(repo_id=result.repo_id, label=result.repo_id, url=f"{endpoint}/{result.repo_id}")
+    if adapter.repo_id:
+        entry.update(repo_id=adapter.repo_id, label=adapter.repo_id, url=f"{endpoint}/{adapter.repo_id}")
     elif local:
-        path = Path(result.output_dir).resolve()
+        path = adapter.folder.resolve()
         entry.update(path=str(path), label=path.name)
     else:
         raise ConfigError(
-            f"{result.output_dir} is not on the Hub yet, and a Space loads its adapters from the Hub. "
+            f"{adapter.folder} is not on the Hub yet, and a Space loads its adapters from the Hub. "
             "Push it first: result.push('user/name') or `tunekit push`, then push the Space."
         )
     return entry
+
+
+def _data_facts(run: RunInfo) -> dict[str, Any]:
+    if run.data is None:
+        return {}
+    facts = {"train_rows": run.data.train_rows, "eval_rows": run.data.eval_rows, "format": run.data.format}
+    return {k: v for k, v in facts.items() if v is not None}
 
 
 # -- the Space repo ------------------------------------------------------------------------------
@@ -186,7 +224,8 @@ def render_readme(config: dict[str, Any], *, endpoint: str = "https://huggingfac
     adapters = config["adapters"]
     models = [a["repo_id"] for a in adapters if a.get("repo_id")]
     base = config["base"]
-    if _is_hub_id(base):
+    base_on_hub = is_hub_id(base, existing_path_wins=True)
+    if base_on_hub:
         models.append(base)
     data = SpaceCardData(
         title=config["title"],
@@ -208,8 +247,8 @@ def render_readme(config: dict[str, Any], *, endpoint: str = "https://huggingfac
         title=config["title"],
         adapters=adapters,
         base=base,
-        base_url=f"{endpoint}/{base}" if _is_hub_id(base) else f"file://{base}",
-        method_label=_METHOD_LABEL.get(config.get("method"), "fine-tune"),
+        base_url=f"{endpoint}/{base}" if base_on_hub else f"file://{base}",
+        method_label=_method_label(config.get("method")),
         endpoint=endpoint,
     )
     return str(card)
@@ -232,7 +271,7 @@ def write_space(folder: str | os.PathLike, config: dict[str, Any], *, endpoint: 
     return folder
 
 
-def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, *, private: bool = False,
+def push_space(model: str | os.PathLike, space_id: str, *, repo_id: str | None = None, private: bool = False,
                token: str | None = None, adapters: list[str] | None = None, examples: list[str] | None = None,
                title: str | None = None, link_card: bool = True) -> str:
     """Create (or update) a Gradio Space that demos a pushed fine-tune, and link it from the
@@ -243,8 +282,9 @@ def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, 
     from the held-out rows and the card's method and metrics. One commit per push.
 
     Args:
-        result_or_repo: a pushed :class:`~tunekit.TuneResult`, or the adapter's Hub repo id.
+        model: the adapter's Hub repo id, or its output folder together with ``repo_id``.
         space_id: the Space to create, e.g. ``"user/name-demo"``.
+        repo_id: the Hub repo the folder ``model`` was pushed to (ignored for a Hub id).
         private: create the Space private (an existing Space keeps its visibility).
         token: Hub token; default: ``HF_TOKEN`` or the saved login.
         adapters: more adapter repo ids on the same base; the app then shows an adapter picker.
@@ -260,8 +300,9 @@ def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, 
         HubError: creating or writing the Space failed.
 
     Example:
-        >>> result.push("alice/notes-lora")
-        >>> result.push_space("alice/notes-lora-demo")
+        >>> push_space("alice/notes-lora", "alice/notes-lora-demo")
+        'https://huggingface.co/spaces/alice/notes-lora-demo'
+        >>> push_space("runs/notes-lora", "alice/notes-lora-demo", repo_id="alice/notes-lora")
         'https://huggingface.co/spaces/alice/notes-lora-demo'
     """
     import tempfile
@@ -269,11 +310,11 @@ def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, 
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not _is_hub_id(space_id):
+    if not is_hub_id(space_id, existing_path_wins=True):
         raise ConfigError(f"space_id must look like 'user/name-demo', got {space_id!r}")
     api = HfApi(token=token)
-    config = space_config(result_or_repo, adapters=adapters, examples=examples, title=title, token=token,
-                          endpoint=api.endpoint)
+    opened = _open_all(model, repo_id=repo_id, adapters=adapters, token=token)
+    config = _config(opened, examples=examples, title=title, endpoint=api.endpoint, local=False)
     try:
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tunekit-space-") as tmp:
@@ -281,18 +322,15 @@ def push_space(result_or_repo: "TuneResult | str | os.PathLike", space_id: str, 
             api.upload_folder(folder_path=tmp, repo_id=space_id, repo_type="space",
                               commit_message=f"tunekit: demo of {config['adapters'][0]['label']}")
     except HfHubHTTPError as e:
-        from .hub import _reason
-
-        raise HubError(f"pushing the Space {space_id!r} failed: {_reason(e)}", repo_id=space_id) from e
+        raise hub_error(e, repo_id=space_id, action="pushing the Space", token=token) from e
     if link_card:
-        results = [result_or_repo] if not adapters else [result_or_repo, *adapters]
-        for item, entry in zip(results, config["adapters"]):
-            _link_card(api, item, entry["repo_id"], space_id)
+        for adapter in opened:
+            _link_card(api, adapter, space_id)
     log.info("pushed the Space %s", url)
     return str(url)
 
 
-def _link_card(api, item, repo_id: str, space_id: str) -> None:
+def _link_card(api, adapter: _Adapter, space_id: str) -> None:
     """Re-render the adapter's card with a link to the Space and commit it to the adapter repo.
 
     A card tunekit did not write (a plain PEFT adapter) gets the link inserted after its header.
@@ -301,24 +339,33 @@ def _link_card(api, item, repo_id: str, space_id: str) -> None:
     from huggingface_hub.errors import HfHubHTTPError
 
     from . import card
-    from .result import TuneResult
 
+    repo_id = adapter.repo_id
     space_url = f"{api.endpoint}/spaces/{space_id}"
     try:
-        result = item if isinstance(item, TuneResult) else _open(item, token=api.token)
-        if result.run.get("data") and result.run.get("template"):
-            text = str(card.render_card(result.run, result.metrics, repo_id=repo_id, space_id=space_id,
+        if adapter.run.trained_here and adapter.run.template.name:
+            text = str(card.render_card(adapter.run, adapter.metrics, repo_id=repo_id, space_id=space_id,
                                         endpoint=api.endpoint))
         else:
             readme = Path(api.hf_hub_download(repo_id, "README.md"))
-            text = _insert_link(readme.read_text(), space_id, space_url)
+            text = insert_link(readme.read_text(), space_id, space_url)
         api.upload_file(path_or_fileobj=text.encode(), path_in_repo="README.md", repo_id=repo_id,
                         commit_message=f"Link the demo Space {space_id}")
     except (HfHubHTTPError, OSError, HubError) as e:
         log.warning("the Space is up, but linking it from %s's card failed: %s", repo_id, e)
 
 
-def _insert_link(text: str, space_id: str, space_url: str) -> str:
+def insert_link(text: str, space_id: str, space_url: str) -> str:
+    """Add a "Try it" line linking the Space to a model card's text, right after its YAML header.
+
+    Args:
+        text: the card (``README.md``) as it is.
+        space_id: the Space, e.g. ``"user/name-demo"``.
+        space_url: the Space's page.
+
+    Returns:
+        The card with the link; unchanged when it already links ``space_url``.
+    """
     line = f"**Try it:** [{space_id}]({space_url}) (Gradio Space)."
     if space_url in text:
         return text
@@ -356,14 +403,14 @@ class SpaceServer:
             self.close()
 
 
-def run_space(name_or_dir: "TuneResult | str | os.PathLike", *, host: str = "127.0.0.1", port: int | None = None,
+def run_space(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
               share: bool = False, adapters: list[str] | None = None, examples: list[str] | None = None,
               token: str | None = None) -> SpaceServer:
     """Start the Space app on this machine for a fine-tune, without pushing anything.
 
     Args:
-        name_or_dir: an output folder, an adapter's Hub repo id, a :class:`~tunekit.TuneResult`, or
-            ``spaces/user/name-demo`` to run what a pushed Space serves.
+        model: an output folder, an adapter's Hub repo id, or ``spaces/user/name-demo`` to run
+            what a pushed Space serves.
         host: interface to listen on.
         port: TCP port; default: gradio's (7860, or the next free one).
         share: also open a public gradio.live link (needs the internet).
@@ -380,17 +427,12 @@ def run_space(name_or_dir: "TuneResult | str | os.PathLike", *, host: str = "127
         'http://127.0.0.1:7860/'
     """
     _quiet_gradio()
-    if isinstance(name_or_dir, str) and name_or_dir.startswith("spaces/") and not Path(name_or_dir).exists():
-        config = _pushed_config(name_or_dir[len("spaces/"):], token=token)
-        preloaded = {}
+    if isinstance(model, str) and model.startswith("spaces/") and not Path(model).exists():
+        config = _pushed_config(model[len("spaces/"):], token=token)
     else:
-        first = _open(name_or_dir, token=token)
-        config = space_config(first, adapters=adapters, examples=examples, token=token, local=True)
-        preloaded = {config["adapters"][0]["label"]: first}
+        config = space_config(model, adapters=adapters, examples=examples, token=token, local=True)
     app = load_app()
-    models = app.Models(config)
-    for label, result in preloaded.items():
-        models.provide(label, result)
+    models = app.Models(config, token=token)
     models.warm()
     demo = app.build_demo(config, models)
     _, local_url, share_url = app.launch(demo, server_name=host, server_port=port, share=share,
@@ -406,7 +448,7 @@ def _pushed_config(space_id: str, *, token: str | None) -> dict[str, Any]:
     try:
         path = hf_hub_download(space_id, CONFIG_FILE, repo_type="space", token=token)
     except (HfHubHTTPError, LocalEntryNotFoundError) as e:
-        raise HubError(f"cannot read {CONFIG_FILE} of the Space {space_id!r}: {e}", repo_id=space_id) from e
+        raise hub_error(e, repo_id=space_id, action=f"reading {CONFIG_FILE} of the Space", token=token) from e
     return json.loads(Path(path).read_text())
 
 
@@ -436,8 +478,10 @@ def _quiet_gradio() -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def _is_hub_id(name: str | None) -> bool:
-    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
+def _method_label(method: str | None) -> str:
+    from . import methods
+
+    return methods.get(method).label if method in methods.METHODS else "fine-tune"
 
 
 def _endpoint(token: str | None) -> str:
