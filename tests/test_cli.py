@@ -10,13 +10,14 @@ import sys
 import pytest
 
 from tunekit import cli
+from tunekit.cli import common
 from tunekit.options import Options, option_fields
 
 
-def run(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(*args: str, stdin: str | None = None, timeout: int = 300, cwd=None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "tunekit.cli", *args], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def test_every_finetune_option_has_a_train_flag_with_the_same_default():
@@ -29,8 +30,8 @@ def test_every_finetune_option_has_a_train_flag_with_the_same_default():
             assert f"(default: {f.default})" in flags[f.name].help
     # Only what the user typed is passed on, so Options' defaults stay the single source.
     args = parser.parse_args(["train", "data.jsonl", "--epochs", "3", "--use-dora", "--eval-split", "5"])
-    assert cli._options_from(args) == {"epochs": 3.0, "use_dora": True, "eval_split": 5}
-    Options.from_kwargs(cli._options_from(args))
+    assert common.options_from(args) == {"epochs": 3.0, "use_dora": True, "eval_split": 5}
+    Options.from_kwargs(common.options_from(args))
 
 
 def test_help_is_fast_and_lists_the_commands():
@@ -92,3 +93,56 @@ def test_invalid_values_are_reported_by_the_api_validation(bad, tmp_path):
     data.write_text('{"text": "hello"}\n')
     out = run("train", str(data), bad)
     assert out.returncode == 1 and "must be" in out.stderr
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_model_dir, chat_rows, tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in chat_rows))
+    out_dir = tmp_path / "never"
+    out = run("train", str(data), "--base", str(tiny_model_dir), "--method", "lora", "--output-dir", str(out_dir),
+              "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    method = next(line for line in out.stdout.splitlines() if line.startswith("method"))
+    assert "lora" in method and "grad_accum" in out.stdout and "peak memory" in out.stdout
+    assert not out_dir.exists() and not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def parse_error(capsys, *argv: str) -> str:
+    """argparse's usage error (exit 2) for ``tunekit ARGV``: its message."""
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args(list(argv))
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_sizes_are_decimal_or_binary_and_a_bare_prefix_is_refused(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["hub", "serve"]).max_file_size == 5 * 2**30  # the default, 5GiB
+    assert parser.parse_args(["hub", "serve", "--max-file-size", "5GB"]).max_file_size == 5 * 10**9
+    assert parser.parse_args(["hub", "serve", "--max-file-size", "5GiB"]).max_file_size == 5 * 2**30
+    assert parser.parse_args(["estimate", "x", "--free", "5GB"]).free == 5 * 10**9
+    assert parser.parse_args(["estimate", "x", "--free", "5GiB"]).free == 5 * 2**30
+    for argv in (["hub", "serve", "--max-file-size", "5G"], ["estimate", "x", "--free", "5G"]):
+        err = parse_error(capsys, *argv)
+        assert "ambiguous" in err and "5GB" in err and "5GiB" in err, err
+    assert "expected a size" in parse_error(capsys, "hub", "serve", "--max-file-size", "big")
+
+
+def test_deprecated_flag_names_still_work_with_a_warning(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["pull", "user/name", "--to", "here"])
+    assert args.output_dir == "here"
+    assert "--to is deprecated; use --output-dir" in capsys.readouterr().err
+    assert parser.parse_args(["pull", "user/name", "--output-dir", "here"]).output_dir == "here"
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serve", "--port", "65536"], "--port 65536 is not a TCP port (0-65535; 0 picks a free one)"),
+    (["hub", "serve", "--port", "0"], "--port 0 is not a TCP port (1-65535)"),
+    (["space", "run", "x", "--port", "0"], "--port 0 is not a TCP port (1-65535)"),
+])
+def test_one_port_check_for_every_server(argv, message, tmp_path):
+    out = run(*argv, "--data", str(tmp_path)) if argv[0] == "hub" else run(*argv)
+    assert out.returncode == 1 and out.stderr == f"error: {message}\n", out.stderr

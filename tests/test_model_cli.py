@@ -16,7 +16,7 @@ import pytest
 from hub_fixtures import hub  # noqa: F401  (fixture)
 
 import tunekit
-from tunekit import model_cli
+from tunekit.cli import model as model_cli
 
 GB = 10**9
 
@@ -43,7 +43,7 @@ def llama_70b_config(folder: Path) -> Path:
 def test_every_estimate_keyword_has_a_flag_with_its_default():
     params = {n: p for n, p in inspect.signature(tunekit.estimate).parameters.items()
               if p.kind == p.KEYWORD_ONLY}
-    assert set(params) == set(model_cli._ESTIMATE_FLAGS)
+    assert set(params) == set(model_cli.ESTIMATE_HELP) == set(model_cli.estimate_keywords())
     import argparse
 
     top = argparse.ArgumentParser()
@@ -53,7 +53,20 @@ def test_every_estimate_keyword_has_a_flag_with_its_default():
     for name, p in params.items():
         assert (f"(default: {p.default})" if p.default is not None else "default: ") in flags[name].help, name
     args = top.parse_args(["estimate", "x", "--seq-len", "128", "--gradient-checkpointing"])
-    assert (args.seq_len, args.gradient_checkpointing, args.batch_size) == (128, True, None)
+    assert (args.max_length, args.gradient_checkpointing, args.batch_size) == (128, True, None)
+    args = top.parse_args(["estimate", "x", "--max-length", "256", "--dropout", "0", "--lora-dropout", "0.1"])
+    assert (args.max_length, args.dropout) == (256, 0.1)
+
+
+def test_old_estimate_flag_names_warn_and_still_work(tiny_model_dir):
+    old = run("estimate", str(tiny_model_dir), "--seq-len", "128", "--lora-dropout", "0", "--free", "64GB", "--json")
+    new = run("estimate", str(tiny_model_dir), "--max-length", "128", "--dropout", "0", "--free", "64GB", "--json")
+    assert old.returncode == new.returncode == 0, old.stderr + new.stderr
+    assert "--seq-len is deprecated; use --max-length" in old.stderr
+    assert "--lora-dropout is deprecated; use --dropout" in old.stderr
+    assert "deprecated" not in new.stderr
+    totals = [{m: e["total_bytes"] for m, e in json.loads(out.stdout).items() if m != "auto"} for out in (old, new)]
+    assert totals[0] == totals[1] and json.loads(old.stdout)["lora"]["seq_len"] == 128
 
 
 def test_estimate_prints_the_breakdown_and_the_auto_choice_for_a_local_model(tiny_model_dir):
@@ -133,7 +146,7 @@ def test_push_then_pull_through_the_hub(hub, run_dir, tmp_path):  # noqa: F811
     assert "adapter_model.safetensors" in hub.api.list_repo_files(repo)
 
     target = tmp_path / "copy"
-    pulled = run("pull", repo, "--to", str(target), env=hub.env())
+    pulled = run("pull", repo, "--output-dir", str(target), env=hub.env())
     assert pulled.returncode == 0, pulled.stderr
     assert pulled.stdout.strip() == str(target)
     for name in ("adapter_model.safetensors", "adapter_config.json", "tunekit.json", "README.md"):
@@ -147,6 +160,7 @@ def test_push_then_pull_through_the_hub(hub, run_dir, tmp_path):  # noqa: F811
 
     again = run("pull", repo, "--to", str(target), env=hub.env())
     assert again.returncode == 1 and "not empty" in again.stderr
+    assert "--to is deprecated; use --output-dir" in again.stderr  # the old name still works
 
 
 def test_push_and_pull_user_errors_exit_1_with_one_line(hub, tmp_path):  # noqa: F811

@@ -1,0 +1,81 @@
+"""``tunekit hub serve | user add | org add``: run tunekit's own Hub-compatible server
+(:mod:`tunekit.hubserver`) and manage its users and organizations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import check_port, size
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """``--data``, or the hub under ``$TUNEKIT_HOME``."""
+    from .. import config
+
+    return args.data or config.home() / "hub"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``tunekit hub serve``: :func:`tunekit.hubserver.serve` until interrupted."""
+    # Not 0: the hub's URL is what clients are given, so its port must be known in advance.
+    check_port(args.port, free_ok=False)
+    from ..hubserver import HubSettings
+    from ..hubserver import serve as serve_fn
+
+    folder = data_dir(args)
+    settings = HubSettings(data_dir=folder, max_file_bytes=args.max_file_size, public_url=args.public_url)
+    serve_fn(folder, host=args.host, port=args.port, settings=settings,
+             log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def user_add(args: argparse.Namespace) -> int:
+    """``tunekit hub user add``: prints the new token."""
+    from ..hubserver import add_user
+
+    print(add_user(data_dir(args), args.name))
+    return 0
+
+
+def org_add(args: argparse.Namespace) -> int:
+    """``tunekit hub org add``."""
+    from ..hubserver import add_org
+
+    add_org(data_dir(args), args.name, args.member)
+    return 0
+
+
+def register(sub) -> None:
+    """Add the ``hub`` command group to the top-level subparsers."""
+    hub = sub.add_parser("hub", help="run a self-hosted Hugging Face Hub-compatible server")
+    hub_sub = hub.add_subparsers(dest="hub_command", metavar="COMMAND", required=True)
+
+    cmd = hub_sub.add_parser("serve", help="serve a hub (point clients at it with HF_ENDPOINT=http://HOST:PORT)")
+    _add_data_arg(cmd)
+    cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    cmd.add_argument("--port", type=int, default=8080, help="TCP port (default: 8080)")
+    cmd.add_argument("--max-file-size", type=size, default="5GiB", metavar="SIZE",
+                     help="largest file accepted, e.g. 5GiB (5*2^30 bytes) or 5GB (5*10^9) (default: 5GiB)")
+    cmd.add_argument("--public-url", default=None,
+                     help="base URL clients use, when behind a proxy (default: the URL of each request)")
+    cmd.set_defaults(func=serve)
+
+    user = hub_sub.add_parser("user", help="manage users")
+    user_sub = user.add_subparsers(dest="user_command", metavar="COMMAND", required=True)
+    cmd = user_sub.add_parser("add", help="create a user (if new) and print a new token for it")
+    cmd.add_argument("name", help="user name")
+    _add_data_arg(cmd)
+    cmd.set_defaults(func=user_add)
+
+    org = hub_sub.add_parser("org", help="manage organizations")
+    org_sub = org.add_subparsers(dest="org_command", metavar="COMMAND", required=True)
+    cmd = org_sub.add_parser("add", help="create an organization (if new) and add members")
+    cmd.add_argument("name", help="organization name")
+    cmd.add_argument("--member", action="append", default=[], help="user to add (repeatable)")
+    _add_data_arg(cmd)
+    cmd.set_defaults(func=org_add)
+
+
+def _add_data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None, help="the hub's data folder (default: $TUNEKIT_HOME/hub)")
