@@ -52,15 +52,15 @@ class Server:
 
         import uvicorn
 
-        from tunekit.openai_server import OpenAIServer
         from tunekit.serve import AdapterPool
+        from tunekit.server import create_app
 
         self.pool = AdapterPool(base, max_loaded=max_loaded, device="cpu")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/v1"
-        self._server = uvicorn.Server(uvicorn.Config(OpenAIServer(self.pool, adapters).app(), host="127.0.0.1",
+        self._server = uvicorn.Server(uvicorn.Config(create_app(self.pool, adapters), host="127.0.0.1",
                                                      port=port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

@@ -63,13 +63,13 @@ def alone(hub, tiny_base, tiny_model_dir, adapters) -> dict[str, str]:
 
 
 class _Running:
-    def __init__(self, server, pool):
+    def __init__(self, app, pool):
         import uvicorn
 
-        self.pool, self.server = pool, server
+        self.pool, self.app = pool, app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=self.port,
+        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                       log_level="warning"))
         self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
 
@@ -91,11 +91,11 @@ class _Running:
 
 @pytest.fixture(scope="module")
 def server(hub, tiny_base, adapters):
-    from tunekit.openai_server import OpenAIServer
+    from tunekit.server import create_app
 
     # Two in memory for four adapters: requests keep evicting and re-pulling.
     pool = tunekit.AdapterPool(tiny_base, max_loaded=2, token=hub.token)
-    with _Running(OpenAIServer(pool, adapters), pool) as running:
+    with _Running(create_app(pool, adapters), pool) as running:
         yield running
 
 
@@ -202,7 +202,7 @@ def test_200_concurrent_requests_over_4_adapters_all_answer_like_each_alone(serv
 
 def test_pulling_an_adapter_does_not_stall_requests_to_others(hub, tiny_base, adapters, alone, monkeypatch):
     from tunekit import hub as hublib
-    from tunekit.openai_server import OpenAIServer
+    from tunekit.server import create_app
 
     original = hublib.download
     slow = adapters[3]
@@ -213,7 +213,7 @@ def test_pulling_an_adapter_does_not_stall_requests_to_others(hub, tiny_base, ad
         return original(repo_id, **kwargs)
 
     pool = tunekit.AdapterPool(tiny_base, token=hub.token)
-    with _Running(OpenAIServer(pool, adapters), pool) as running:
+    with _Running(create_app(pool, adapters), pool) as running:
         client = running.client()
         ask = dict(messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, temperature=0)
         assert client.chat.completions.create(model=adapters[0], **ask).choices[0].message.content == alone[adapters[0]]
@@ -257,3 +257,97 @@ def test_api_key_and_cli_serve(hub, tiny_base, adapters, alone):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize(("change", "param", "code"), [
+    ({"model": None}, "model", "missing_required_parameter"),
+    ({"model": ""}, "model", "missing_required_parameter"),
+    ({"messages": None}, "messages", "invalid_type"),
+    ({"messages": ["hi"]}, "messages[0]", "invalid_type"),
+    ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "invalid_type"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]}, "messages[0].content",
+     "invalid_value"),
+    ({"stop": ["\n"]}, "stop", "unsupported_parameter"),
+    ({"n": 2}, "n", "unsupported_value"),
+    ({"max_tokens": 8193}, "max_tokens", "invalid_value"),
+    ({"max_tokens": 2.0}, "max_tokens", "invalid_type"),
+    ({"max_completion_tokens": 0}, "max_completion_tokens", "invalid_value"),
+    ({"top_p": 1.5}, "top_p", "invalid_value"),
+    ({"temperature": True}, "temperature", "invalid_type"),
+    ({"seed": "1"}, "seed", "invalid_type"),
+    ({"stream": "yes"}, "stream", "invalid_type"),
+    ({"stream_options": []}, "stream_options", "invalid_type"),
+])
+def test_request_schema_errors_name_the_param_and_code(change, param, code):
+    from pydantic import ValidationError
+
+    from tunekit.server.errors import from_validation
+    from tunekit.server.schemas import ChatCompletionRequest
+
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **change}
+    with pytest.raises(ValidationError) as e:
+        ChatCompletionRequest.model_validate_json(json.dumps(body))
+    err = from_validation(e.value.errors())
+    assert (err.status, err.type, err.param, err.code) == (400, "invalid_request_error", param, code), err.message
+    assert set(err.body()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_request_schema_reads_what_openai_clients_send():
+    from tunekit.server.schemas import DEFAULT_MAX_TOKENS, ChatCompletionRequest
+
+    req = ChatCompletionRequest.model_validate_json(json.dumps({
+        "model": "m", "user": "ignored", "frequency_penalty": 0,
+        "messages": [{"role": "developer", "content": [{"type": "text", "text": "Be "},
+                                                        {"type": "text", "text": "brief."}]},
+                     {"role": "user", "content": "hi", "name": "ann"}],
+        "max_completion_tokens": 5, "max_tokens": 0, "stream": True, "stream_options": {"include_usage": True}}))
+    assert req.chat_messages() == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert (req.max_new_tokens, req.include_usage, req.stream) == (5, True, True)
+    plain = ChatCompletionRequest.model_validate_json(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}')
+    assert (plain.max_new_tokens, plain.sampling_temperature, plain.sampling_top_p) == (DEFAULT_MAX_TOKENS, 1.0, 1.0)
+    assert not plain.include_usage and not plain.stream
+
+
+def test_finish_reason_is_length_only_when_cut(smol_tokenizer):
+    from tunekit.server.generation import finish_reason
+
+    eos = smol_tokenizer.eos_token_id
+    assert finish_reason([5, 6], smol_tokenizer, 2) == "length"
+    assert finish_reason([5, eos], smol_tokenizer, 2) == "stop"
+    assert finish_reason([5], smol_tokenizer, 2) == "stop"
+    assert finish_reason([6], smol_tokenizer, 2, count=2) == "length"  # a stream keeps only the last id
+
+
+def test_api_key_is_checked_before_the_body_and_errors_keep_openai_shape(server, tiny_base, adapters, alone, hub):
+    from fastapi.testclient import TestClient
+
+    from tunekit.server import create_app
+
+    with TestClient(create_app(server.pool, adapters, api_key="sekret")) as client:
+        # A wrong key is refused even when the body is not JSON: the body is never read.
+        r = client.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert client.get("/v1/no-such-endpoint").status_code == 401
+        assert client.get("/health").json()["base"] == tiny_base  # outside /v1/: no key needed
+
+        key = {"Authorization": "Bearer sekret"}
+        r = client.get("/v1/no-such-endpoint", headers=key)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+        r = client.get("/v1/chat/completions", headers=key)
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+        models = client.get("/v1/models", headers=key).json()
+        assert models["object"] == "list"
+        base, first = models["data"][:2]
+        assert base["id"] == tiny_base and "parent" not in base
+        assert first == client.get(f"/v1/models/{adapters[0]}", headers=key).json()
+        assert first["parent"] == tiny_base and first["owned_by"] == hub.user and first["object"] == "model"
+
+        # Text parts are joined; max_completion_tokens wins over max_tokens (ignored, even when invalid).
+        parts = [{"type": "text", "text": "What is 3 "}, {"type": "text", "text": "plus 3?"}]
+        r = client.post("/v1/chat/completions", headers=key, json={
+            "model": adapters[0], "messages": [{"role": "user", "content": parts}], "temperature": 0,
+            "max_completion_tokens": MAX_TOKENS, "max_tokens": 0})
+        assert r.status_code == 200, r.json()
+        assert r.json()["choices"][0]["message"]["content"] == alone[adapters[0]]
+        assert r.json()["choices"][0]["logprobs"] is None

@@ -1,0 +1,125 @@
+"""The FastAPI application (routers, the API-key check, OpenAI's error shape) and ``serve``,
+which binds the socket and runs uvicorn.
+
+A new group of endpoints (Files, Fine-tuning Jobs, vLLM's ``/v1/load_lora_adapter``) is a new
+``routes_*.py`` module with an ``APIRouter`` and one ``include_router`` line below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request
+
+from ..errors import ConfigError
+from . import routes_chat, routes_models
+from .context import ServerContext, context_of
+from .errors import APIError, add_handlers
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..serve import AdapterPool
+
+log = logging.getLogger(__name__)
+
+
+async def _check_key(request: Request, call_next):
+    # A middleware, so a wrong key is refused before the body is read.
+    if request.url.path.startswith("/v1/") and not context_of(request).authorized(request.headers.get("authorization")):
+        return APIError(401, "Incorrect API key provided.", code="invalid_api_key").response()
+    return await call_next(request)
+
+
+async def _health(request: Request) -> dict:
+    context = context_of(request)
+    return {"status": "ok", "base": context.base_name, "loaded": context.pool.adapters}
+
+
+def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
+               api_key: str | None = None, base_name: str | None = None) -> FastAPI:
+    """The OpenAI-compatible API over one adapter pool, as an ASGI app.
+
+    Args:
+        pool: the pool holding the base and the adapters.
+        adapters: the adapter names (Hub ids or folders) to answer to, listed by ``/v1/models``;
+            each is pulled on first use and kept in the pool's LRU.
+        allow_any: also pull adapters not listed when a request names them (as Hub ids).
+        api_key: when set, ``/v1/`` requests must carry ``Authorization: Bearer <api_key>``.
+        base_name: the model id that answers with the base alone; default: the pool's base name.
+
+    Returns:
+        A FastAPI app; run it with uvicorn, mount it in another app, or see :func:`serve`.
+
+    Raises:
+        ConfigError: an adapter has the base's name.
+
+    Example:
+        >>> app = create_app(tunekit.AdapterPool("alice/tiny-base"), ["alice/support-lora"])  # doctest: +SKIP
+    """
+    app = FastAPI(title="tunekit OpenAI-compatible server", docs_url=None, redoc_url=None)
+    app.state.context = ServerContext(pool, adapters, allow_any=allow_any, api_key=api_key, base_name=base_name)
+    add_handlers(app)
+    app.middleware("http")(_check_key)
+    app.add_api_route("/health", _health, methods=["GET"])
+    app.include_router(routes_models.router)
+    app.include_router(routes_chat.router)
+    return app
+
+
+def serve(base: str | None = None, adapters: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
+          max_loaded: int | None = None, device: str | None = None, token: str | None = None,
+          allow_any: bool = False, api_key: str | None = None, ready: Callable[[str], None] | None = None) -> None:
+    """Run the OpenAI-compatible server until interrupted.
+
+    Args:
+        base: the shared base (Hub id, folder, or None for the embedded SmolLM2-135M-Instruct).
+        adapters: adapter Hub ids or folders to serve; each is pulled on first use.
+        host: interface to listen on (127.0.0.1: this machine only).
+        port: TCP port (0: any free one; ``ready`` is told which).
+        max_loaded: adapters kept in memory at once (least recently used evicted); None: all.
+        device: "cpu" or "cuda"; default: cuda when available.
+        token: Hub token for private adapters and base.
+        allow_any: also serve adapters not listed, pulled by name when a request asks.
+        api_key: require ``Authorization: Bearer <api_key>``.
+        ready: called with the base URL once the server accepts connections.
+
+    Raises:
+        ConfigError: the address cannot be bound, or an adapter has the base's name.
+
+    Example:
+        >>> serve("alice/tiny-base", ["alice/a", "alice/b"], port=8000, max_loaded=8)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    from ..serve import AdapterPool
+
+    pool = AdapterPool(base, max_loaded=max_loaded, device=device, token=token, auto_add=True)
+    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key)
+    # Bind before announcing the URL, so whoever reads it can connect at once (and port 0 works).
+    sock = _bind(host, port)
+    runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    bound = sock.getsockname()[1]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/v1"
+    log.info("OpenAI-compatible server for %s at %s", ", ".join(app.state.context.model_ids()), url)
+    if ready is not None:
+        ready(url)
+    try:
+        runner.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int):
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port") from e
+    sock.listen(128)
+    return sock

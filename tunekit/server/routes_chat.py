@@ -1,0 +1,64 @@
+"""``POST /v1/chat/completions``: one reply, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import HubError, ModelError, TunekitError
+from . import generation, streaming
+from .context import ServerContext, context_of
+from .errors import APIError, from_validation, model_not_found, server_error
+from .schemas import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Usage
+
+router = APIRouter()
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> dict | StreamingResponse:
+    # The body is read and validated here rather than by FastAPI, so that any content type is
+    # taken as JSON (curl -d sends form-encoded) and errors keep OpenAI's shape and wording.
+    try:
+        req = ChatCompletionRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise from_validation(e.errors()) from e
+    context = context_of(request)
+    adapter = context.adapter_for(req.model)
+    await run_in_threadpool(_pull, context, req.model, adapter)
+    ident = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if req.stream:
+        events = streaming.events(context.pool, adapter, req, ident=ident, created=created)
+        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+    reply = await run_in_threadpool(_complete, context, adapter, req)
+    choice = Choice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)
+    return ChatCompletion(id=ident, created=created, model=req.model, choices=[choice],
+                          usage=Usage.of(reply.prompt_tokens, reply.completion_tokens)).model_dump()
+
+
+def _pull(context: ServerContext, model: str, adapter: str | None) -> None:
+    # Pulled before a reply starts and without holding the model: a bad adapter is an error
+    # answer, not a broken stream, and a slow download does not stall other requests.
+    if adapter is None:
+        return
+    try:
+        context.pool.fetch(adapter)
+    except HubError as e:
+        raise model_not_found(model, f"The model '{model}' could not be pulled: {e}") from e
+    except ModelError as e:
+        raise APIError(400, f"The model '{model}' cannot be served over {context.base_name}: {e}",
+                       param="model", code="model_not_supported") from e
+
+
+def _complete(context: ServerContext, adapter: str | None, req: ChatCompletionRequest) -> generation.Reply:
+    try:
+        return generation.complete(context.pool, adapter, req)
+    except TunekitError as e:
+        raise server_error(req.model, e) from e

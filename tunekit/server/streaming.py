@@ -1,0 +1,91 @@
+"""A streamed reply as server-sent events: a role chunk, content chunks, a chunk with the
+finish_reason, a usage chunk when asked, then ``data: [DONE]``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from . import generation
+from .errors import server_error
+from .schemas import ChatCompletionChunk, ChunkChoice, Delta, Usage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..serve import AdapterPool
+    from .schemas import ChatCompletionRequest
+
+log = logging.getLogger(__name__)
+
+DONE = "data: [DONE]\n\n"
+
+
+def event(chunk: ChatCompletionChunk, *, with_usage: bool) -> str:
+    """One ``data:`` line; ``usage`` is in every chunk (null until the last) or in none."""
+    return f"data: {chunk.model_dump_json(exclude=None if with_usage else {'usage'})}\n\n"
+
+
+async def events(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest, *, ident: str,
+                 created: int) -> AsyncIterator[str]:
+    """Generate in a worker thread and yield its pieces as events, stopping the generation when
+    the client goes away (the generator is closed).
+
+    Args:
+        pool: the pool to generate with.
+        adapter: the adapter to answer with; None for the base alone.
+        request: the validated request (``stream: true``).
+        ident: the reply's ``id`` (``chatcmpl-…``), shared by every chunk.
+        created: the reply's Unix time.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+    usage = request.include_usage
+
+    def chunk(delta: Delta | None, finish: str | None = None, totals: Usage | None = None) -> str:
+        choices = [] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)]
+        body = ChatCompletionChunk(id=ident, created=created, model=request.model, choices=choices, usage=totals)
+        return event(body, with_usage=usage)
+
+    def put(item) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    loop.run_in_executor(None, _pump, put, pool, adapter, request, stop)
+    try:
+        yield chunk(Delta(role="assistant", content=""))
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                log.error("streamed generation failed: %s", item)
+                yield f"data: {json.dumps(server_error(request.model, item).body())}\n\n"
+                break
+            if isinstance(item, generation.StreamState):  # the end
+                yield chunk(Delta(), item.finish_reason)
+                if usage:
+                    yield chunk(None, totals=Usage.of(item.prompt_tokens, item.completion_tokens))
+                break
+            yield chunk(Delta(content=item))
+        yield DONE
+    finally:
+        # Client gone (or done): stop generating so the model is free for the next request.
+        stop.set()
+
+
+def _pump(put, pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest, stop: threading.Event) -> None:
+    # Runs in a worker thread: hands the generation thread's pieces to the event loop, then the
+    # final state (or the error).
+    try:
+        pieces, state = generation.stream(pool, adapter, request, stop)
+        first = True
+        for piece in pieces:
+            if first:  # the reply starts at its first visible character
+                piece, first = piece.lstrip(), not piece.strip()
+                if not piece:
+                    continue
+            put(piece)
+        put(state)
+    except BaseException as e:
+        put(e)
