@@ -17,9 +17,37 @@ def home() -> Path:
     return Path(root)
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case): the one spelling of a boolean for
+    flags, config files and environment variables.
+
+    Raises:
+        ValueError: any other text.
+    """
+    lowered = str(text).strip().lower()
+    if lowered in TRUE_WORDS:
+        return True
+    if lowered in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false (yes/no, on/off, 1/0), got {text!r}")
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    # Unset or empty keeps the default; a set variable is on unless it spells "off", so a typo
+    # (TUNEKIT_DEBUG=2) never silently hides what was asked for.
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    return value not in FALSE_WORDS
+
+
 def debug() -> bool:
     """``TUNEKIT_DEBUG=1`` makes the CLI print full tracebacks."""
-    return os.environ.get("TUNEKIT_DEBUG", "") not in ("", "0", "false", "False")
+    return _env_flag("TUNEKIT_DEBUG", False)
 
 
 def shipped_dir(name: str) -> Path:
@@ -40,4 +68,4 @@ def fastpath() -> bool:
     """``TUNEKIT_FASTPATH=0`` turns tunekit's fast paths off (the fused LoRA forward, attention
     within rows, the trained-positions loss, kept gradients): training then runs PEFT's and
     transformers' reference code. On by default."""
-    return os.environ.get("TUNEKIT_FASTPATH", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _env_flag("TUNEKIT_FASTPATH", True)

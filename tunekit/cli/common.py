@@ -22,13 +22,11 @@ PORT_MAX = 65535
 
 
 def parse_bool(text: str) -> bool:
-    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool."""
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    """``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) as a bool (:func:`config.parse_bool`)."""
+    try:
+        return config.parse_bool(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fraction_or_count(text: str) -> float | int:

@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..config import TRUE_WORDS
 from .cards import CardError, parse_card_data
 from .context import caller_of, find_repo, hub_of, repo_url, require_user
 from .errors import ApiError, bad_request
@@ -54,7 +55,8 @@ def paginated(request: Request, items: list, limit_param: str | None = None) -> 
 
 
 def _truthy(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes")
+    # A query flag the Hub's clients send as true/1; anything else (or nothing) is off.
+    return (value or "").strip().lower() in TRUE_WORDS
 
 
 @router.get("/api/whoami-v2")
