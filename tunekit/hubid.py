@@ -1,8 +1,10 @@
 """The one answer to "is this a Hub repo id or a local path?".
 
-A repo id is ``name`` or ``owner/name`` (letters, digits, ``-``, ``_``, ``.``; no leading
-punctuation, no ``..``), the rule huggingface_hub's ``validate_repo_id`` applies. A string that
-starts like a path (``.``, ``/``, ``~``) or has more than one ``/`` is a path.
+A repo id is ``name`` or ``owner/name``; each part is 1-96 letters, digits, ``-``, ``_`` or ``.``,
+starting and ending with a letter or digit, without ``--`` or ``..`` and not ending in ``.git``:
+the rule huggingface_hub's ``validate_repo_id`` applies, and the one ``tunekit hub serve``
+enforces on the names it accepts. A string that starts like a path (``.``, ``/``, ``~``) or has
+more than one ``/`` is a path.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import os
 import re
 from pathlib import Path
 
-_PART = r"[A-Za-z0-9][\w.-]{0,95}"
-_REPO_ID = re.compile(rf"^{_PART}/{_PART}$")
-_NAME = re.compile(rf"^{_PART}$")
+_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+
+
+def is_valid_name(part: object) -> bool:
+    """Whether ``part`` is a valid owner or repo name (one side of ``owner/name``)."""
+    return (isinstance(part, str) and bool(_PART.match(part)) and "--" not in part and ".." not in part
+            and not part.endswith(".git"))
 
 
 def looks_like_path(text: str | os.PathLike) -> bool:
@@ -35,8 +41,9 @@ def is_hub_id(text: str | os.PathLike | None, *, owner_required: bool = True,
     if not text or not isinstance(text, (str, os.PathLike)):
         return False
     text = os.fspath(text)
-    if looks_like_path(text) or ".." in text or text.endswith((".", "-")):
+    parts = text.split("/")
+    if looks_like_path(text) or len(parts) > 2 or (len(parts) == 1 and owner_required):
         return False
-    if not (_REPO_ID.match(text) or (not owner_required and _NAME.match(text))):
+    if not all(is_valid_name(p) for p in parts):
         return False
     return not (existing_path_wins and Path(text).exists())

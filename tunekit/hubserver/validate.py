@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
+from ..hubid import is_valid_name
 from .errors import ApiError, bad_request
 
 #: URL segment (``/api/{segment}/…``) → repo type, and repo type → URL prefix for files and LFS.
@@ -17,7 +18,6 @@ TYPE_BY_SEGMENT = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
 
-_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -44,13 +44,7 @@ def check_name(name: object, what: str = "name") -> str:
     Raises:
         ApiError: 400 when the name is not allowed.
     """
-    if (
-        not isinstance(name, str)
-        or not _NAME.match(name)
-        or "--" in name
-        or ".." in name
-        or name.endswith(".git")
-    ):
+    if not is_valid_name(name):
         raise bad_request(
             f"Invalid {what} {name!r}: use letters, digits, '-', '_' and '.', at most 96"
             " characters, starting and ending with a letter or digit"
