@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ConfigError, DataError, ModelError, TemplateError, TrainingError
 from .methods import METHODS, REGISTRY
+from .record import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -480,15 +481,15 @@ def _train_in_child(method: str, train_path: Path, options: dict[str, Any]) -> M
             raise exc
         row.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return row
-    m = payload
-    row.trainable_params = m.get("trainable_params")
-    row.total_params = m.get("total_params")
-    row.measured_peak_bytes = m.get("peak_memory_bytes")
-    row.peak_kind = m.get("peak_memory_kind")
-    row.wall_seconds = m.get("wall_seconds")
-    row.tokens_per_second = m.get("tokens_per_second")
-    row.train_loss = m.get("train_loss_last")
-    row.steps = m.get("steps")
+    m: Metrics = payload
+    row.trainable_params = m.trainable_params
+    row.total_params = m.total_params
+    row.measured_peak_bytes = m.peak_memory_bytes
+    row.peak_kind = m.peak_memory_kind
+    row.wall_seconds = m.wall_seconds
+    row.tokens_per_second = m.tokens_per_second
+    row.train_loss = m.train_loss_last
+    row.steps = m.steps
     log.debug("compare: %s took %.0f s in its process", method, time.perf_counter() - start)
     return row
 
