@@ -382,48 +382,20 @@ def _output_dir(output_dir: str | os.PathLike | None, base: str | None) -> Path:
 
 
 def _prepare_data(data_source: Any, eval_source: Any, opts, out: Path):
-    """Read and split once, validate every row against the tokenizer, and write the exact rows
-    each method trains and is scored on to ``out/data/`` (so a child reads a file, and the
+    """Read and split once, validate every row against the tokenizer (training's own one-pass
+    check, so bad rows stop the comparison here with every problem listed, or are dropped here
+    with ``on_bad_rows="skip"`` so every method sees the same rows), and write the exact rows
+    each method trains and is scored on to ``out/data/`` (a child reads a file, and the
     comparison can be rerun or inspected)."""
-    from . import data, templates
-    from .train import prepare_tokenizer
+    from .train import prepare_data
 
-    rows, report = data.read_examples(data_source, on_bad_rows=opts.on_bad_rows)
-    if eval_source is not None:
-        eval_rows, _ = data.read_examples(eval_source, on_bad_rows=opts.on_bad_rows)
-    else:
-        rows, eval_rows = data.split_examples(rows, opts.eval_split, seed=opts.seed)
-    _, tokenizer, _, _ = prepare_tokenizer(opts.base, opts.template)
-    # Rows too long or unusable with this template stop the comparison here, not in a child;
-    # with on_bad_rows="skip" they are dropped here, so every method sees the same rows.
-    kw = dict(train_on=opts.train_on, max_length=opts.max_length)
-    if opts.on_bad_rows == "raise":
-        encoded, _ = templates.encode_all(rows, tokenizer, **kw, source=report.source)
-        templates.encode_all(eval_rows, tokenizer, **kw, source=str(eval_source or report.source))
-    else:
-        rows, encoded = _usable(rows, tokenizer, kw)
-        eval_rows, _ = _usable(eval_rows, tokenizer, kw)
-    if not rows:
-        raise DataError("no training rows are left after validation; nothing to compare on")
+    prepared = prepare_data(data_source, dataclasses.replace(opts, eval_data=eval_source))
+    rows, eval_rows = prepared.train_rows, prepared.eval_rows
     folder = out / "data"
     folder.mkdir(parents=True, exist_ok=True)
     train_path = _write_rows(folder / "train.jsonl", rows)
     eval_path = _write_rows(folder / "eval.jsonl", eval_rows) if eval_rows else None
-    return train_path, eval_path, len(rows), len(eval_rows), encoded, eval_rows
-
-
-def _usable(rows: list[dict], tokenizer, kw: dict) -> tuple[list[dict], list[dict]]:
-    from . import templates
-
-    kept, encoded = [], []
-    for r in rows:
-        try:
-            encoded.append(templates.encode(r, tokenizer, **kw))
-        except DataError as e:
-            log.warning("compare: skipping a row: %s", e)
-            continue
-        kept.append(r)
-    return kept, encoded
+    return train_path, eval_path, len(rows), len(eval_rows), prepared.train_enc, eval_rows
 
 
 def _write_rows(path: Path, rows: list[dict]) -> Path:

@@ -153,10 +153,10 @@ class PreparedData:
     Attributes:
         base: the resolved base; ``tokenizer`` with the template applied; ``template``;
             ``missing``: template tokens added to the vocabulary.
-        report: what reading the data found.
-        train_rows / eval_rows: normalised rows after the split.
+        report: what reading the training data found (with ``on_bad_rows="skip"``, what was
+            dropped at any stage); ``eval_report``: the same for a separate ``eval_data``.
+        train_rows / eval_rows: the usable normalised rows after the split.
         train_enc / eval_enc: their encodings (``input_ids``, ``labels``).
-        train_skipped / eval_skipped: problems of rows dropped by ``on_bad_rows="skip"``.
     """
 
     base: Any
@@ -168,31 +168,52 @@ class PreparedData:
     eval_rows: list[dict]
     train_enc: list[dict]
     eval_enc: list[dict]
-    train_skipped: list[str] = field(default_factory=list)
-    eval_skipped: list[str] = field(default_factory=list)
+    eval_report: Any = None
+
+    @property
+    def skipped_rows(self) -> int:
+        """Rows dropped with ``on_bad_rows="skip"``, training and evaluation data together."""
+        return sum(r.rows - r.kept for r in (self.report, self.eval_report) if r is not None)
 
 
 def prepare_data(data: Any, opts: Options) -> PreparedData:
-    """Read, split and encode the rows; nothing is loaded but the tokenizer.
+    """Read, split and encode the rows in one pass that reports every bad row together —
+    structural problems and rows over ``max_length`` tokens alike; nothing is loaded but the
+    tokenizer.
 
     Raises:
-        DataError: rows that cannot be used (with ``on_bad_rows="raise"``).
+        DataError: rows that cannot be used (with ``on_bad_rows="raise"``), all in one error.
         TrainingError: no training row is left.
     """
-    train_rows, report = data_module.read_examples(data, on_bad_rows=opts.on_bad_rows)
+    train_rows, report = data_module.read_rows(data)
+    reports, eval_report = [report], None
     if opts.eval_data is not None:
-        eval_rows, _ = data_module.read_examples(opts.eval_data, on_bad_rows=opts.on_bad_rows)
-    else:
+        eval_rows, eval_report = data_module.read_rows(opts.eval_data)
+        reports.append(eval_report)
+    if not train_rows or (eval_report is not None and not eval_rows):
+        data_module.settle(reports, opts.on_bad_rows)  # nothing to tokenise: report what there is
+    if eval_report is None:
         train_rows, eval_rows = data_module.split_examples(train_rows, opts.eval_split, seed=opts.seed)
     base, tokenizer, template, missing = prepare_tokenizer(opts.base, opts.template)
-    kw = dict(train_on=opts.train_on, max_length=opts.max_length, on_bad_rows=opts.on_bad_rows)
-    train_enc, skipped = templates.encode_all(train_rows, tokenizer, **kw, source=report.source)
-    eval_enc, eval_skipped = templates.encode_all(eval_rows, tokenizer, **kw,
-                                                  source=str(opts.eval_data or report.source))
+    kw = dict(train_on=opts.train_on, max_length=opts.max_length)
+    train_enc, train_problems = templates.encode_rows(train_rows, tokenizer, **kw, source=report.source,
+                                                      unit=report.unit)
+    held = eval_report or report
+    eval_enc, eval_problems = templates.encode_rows(eval_rows, tokenizer, **kw, source=held.source, unit=held.unit)
+    report.add(train_problems)
+    held.add(eval_problems)
+    data_module.settle(reports, opts.on_bad_rows)
+    train_rows, train_enc = _usable(train_rows, train_enc)
+    eval_rows, eval_enc = _usable(eval_rows, eval_enc)
     if not train_enc:
         raise TrainingError("no training rows are left after validation; nothing to train on")
     return PreparedData(base, tokenizer, template, missing, report, train_rows, eval_rows, train_enc, eval_enc,
-                        skipped, eval_skipped)
+                        eval_report)
+
+
+def _usable(rows: list[dict], encoded: list[dict | None]) -> tuple[list[dict], list[dict]]:
+    kept = [(row, enc) for row, enc in zip(rows, encoded) if enc is not None]
+    return [row for row, _ in kept], [enc for _, enc in kept]
 
 
 def output_dir(opts: Options) -> Path:
@@ -393,7 +414,7 @@ def run_record(prepared: PreparedData, run_plan: Plan, *, adapter: bool) -> RunI
         data=DataInfo(
             source=report.source, format=report.format, rows=report.rows,
             train_rows=len(prepared.train_enc), eval_rows=len(prepared.eval_enc),
-            skipped=len(report.skipped) + len(prepared.train_skipped) + len(prepared.eval_skipped),
+            skipped=prepared.skipped_rows,
             hub_dataset=report.hub_dataset, train_tokens=tokens, trained_tokens=trained,
         ),
         # Held-out prompts travel with the run, for the Space's examples and the card's snippet.
@@ -422,7 +443,7 @@ def run_metrics(trainer, prepared: PreparedData, run_plan: Plan, wall: float) ->
         steps=state.global_step,
         train_rows=len(prepared.train_enc),
         eval_rows=len(prepared.eval_enc),
-        skipped_rows=len(prepared.report.skipped) + len(prepared.train_skipped),
+        skipped_rows=prepared.skipped_rows,
         tokens_per_epoch=tokens,
         trained_tokens_per_epoch=trained,
         tokens_per_second=round(tokens * epochs / wall, 2) if wall > 0 else None,

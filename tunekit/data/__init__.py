@@ -27,7 +27,7 @@ from __future__ import annotations
 from .checks import Problems
 from .formats import FORMATS, Format, format_help
 from .problems import MAX_LISTED, RowProblem, bad_rows_error, skipped_message
-from .reader import MAX_CHARS, DataReport, read_examples, split_examples
+from .reader import MAX_CHARS, DataReport, read_examples, read_rows, settle, split_examples
 from .schema import ROLES, Example, Message
 from .sources import SUPPORTED_EXTENSIONS
 
@@ -46,6 +46,8 @@ __all__ = [
     "bad_rows_error",
     "format_help",
     "read_examples",
+    "read_rows",
+    "settle",
     "skipped_message",
     "split_examples",
 ]

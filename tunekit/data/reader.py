@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,9 @@ class DataReport:
         skipped: the problems of the rows dropped with ``on_bad_rows="skip"``.
         hub_dataset: the Hub dataset id when the data came from the Hub.
         files: the files read, for file and folder sources.
+        unit: what row numbers count: ``"line"`` (jsonl) or ``"row"``.
+        problems: every problem found in these rows so far, by any stage: reading here, then
+            tokenisation (``tunekit.templates.encode_rows``); :func:`settle` reports them.
     """
 
     source: str
@@ -50,6 +54,17 @@ class DataReport:
     skipped: list[str] = field(default_factory=list)
     hub_dataset: str | None = None
     files: list[str] = field(default_factory=list)
+    unit: str = "row"
+    problems: list[RowProblem] = field(default_factory=list)
+
+    def add(self, problems: Sequence[RowProblem]) -> None:
+        """Record problems a later stage found in rows of this source."""
+        self.problems.extend(problems)
+
+    @property
+    def bad_rows(self) -> int:
+        """Rows with at least one problem (a row may have several)."""
+        return len({(p.source, p.row) for p in self.problems})
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -138,8 +153,21 @@ def read_examples(
         >>> examples[0]["messages"][-1]["role"], report.format
         ('assistant', 'alpaca')
     """
-    if on_bad_rows not in ("raise", "skip"):
-        raise ConfigError(f'on_bad_rows must be "raise" or "skip", got {on_bad_rows!r}')
+    check_on_bad_rows(on_bad_rows)
+    examples, report = read_rows(source, split=split, max_chars=max_chars)
+    settle([report], on_bad_rows)
+    return examples, report
+
+
+def read_rows(source: Any, *, split: str = "train", max_chars: int = MAX_CHARS) -> tuple[list[Example], DataReport]:
+    """:func:`read_examples` without the verdict: the rows that passed the checks so far, and a
+    report whose ``problems`` list the others. For callers that check more (token lengths)
+    before reporting every bad row at once with :func:`settle`.
+
+    Raises:
+        DataError: the source cannot be read, is empty or matches no format (not row problems).
+        ConfigError: ``max_chars`` is invalid.
+    """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise ConfigError(f"max_chars must be a positive integer, got {max_chars!r}")
     label, sources, hub_id = open_source(source, split)
@@ -154,17 +182,50 @@ def read_examples(
             kept = [{**e, "file": src.label} for e in kept]
         examples, bad, rows = examples + kept, bad + problems, rows + len(src.rows)
     files = [s.label for s in sources] if isinstance(source, (str, Path)) and not hub_id else []
-    report = DataReport(label, first_fmt[1], rows, len(examples), hub_dataset=hub_id, files=files)
-    if bad and on_bad_rows == "raise":
-        raise bad_rows_error(bad, source=label, total=rows, kept=len(examples))
-    if bad:
-        report.skipped = [str(p) for p in bad]
-        log.warning("%s", skipped_message(bad, source=label, total=rows, kept=len(examples)))
-    if not examples:
-        raise DataError(f"{label}: no usable rows remain (all {rows:,} were skipped); first "
-                        f"problem: {bad[0]}.", path=label)
-    log.info("%s", report.summary())
+    report = DataReport(label, first_fmt[1], rows, len(examples), hub_dataset=hub_id, files=files,
+                        unit=sources[0].unit, problems=bad)
     return examples, report
+
+
+def settle(reports: Sequence[DataReport], on_bad_rows: Literal["raise", "skip"] = "raise") -> None:
+    """The verdict on every problem the reports hold, once, after every check has run.
+
+    With ``"raise"``, one ``DataError`` lists them all (each source's section in the same
+    words, rows in order); with ``"skip"`` each report records its problems in ``skipped``,
+    counts its ``kept`` rows and logs one warning.
+
+    Raises:
+        DataError: bad rows with ``"raise"``; or a source with no usable row left.
+    """
+    check_on_bad_rows(on_bad_rows)
+    for report in reports:
+        report.problems.sort(key=lambda p: (p.source or "", p.row if p.row is not None else -1))
+    bad = [r for r in reports if r.problems]
+    if bad and on_bad_rows == "raise":
+        errors = [bad_rows_error(r.problems, source=r.source, total=r.rows, kept=r.rows - r.bad_rows)
+                  for r in bad]
+        if len(errors) == 1:
+            raise errors[0]
+        first = errors[0]
+        raise DataError("\n".join(str(e) for e in errors), path=first.path, row=first.row, field=first.field,
+                        problems=[p for e in errors for p in e.problems])
+    for report in reports:
+        if report.problems:
+            report.kept = report.rows - report.bad_rows
+            report.skipped = [str(p) for p in report.problems]
+            log.warning("%s", skipped_message(report.problems, source=report.source, total=report.rows,
+                                              kept=report.kept))
+        if not report.kept:
+            first = f"; first problem: {report.problems[0]}" if report.problems else ""
+            raise DataError(f"{report.source}: no usable rows remain (all {report.rows:,} were skipped){first}.",
+                            path=report.source)
+        log.info("%s", report.summary())
+
+
+def check_on_bad_rows(on_bad_rows: str) -> None:
+    """Raises ConfigError unless ``on_bad_rows`` is ``"raise"`` or ``"skip"``."""
+    if on_bad_rows not in ("raise", "skip"):
+        raise ConfigError(f'on_bad_rows must be "raise" or "skip", got {on_bad_rows!r}')
 
 
 def split_examples(

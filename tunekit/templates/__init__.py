@@ -21,7 +21,7 @@ Typical use::
 
 from __future__ import annotations
 
-from .encoding import IGNORE_INDEX, encode, encode_all
+from .encoding import IGNORE_INDEX, encode, encode_all, encode_rows
 from .preview import preview
 from .registry import (
     ChatTemplate,
@@ -38,6 +38,7 @@ __all__ = [
     "apply_template",
     "encode",
     "encode_all",
+    "encode_rows",
     "get_template",
     "has_generation_markers",
     "list_templates",

@@ -253,16 +253,8 @@ def encode_all(
         TemplateError: the template lacks generation markers (not a row problem).
     """
     check_options(train_on, on_bad_rows)
-    encoded: list[dict] = []
-    problems: list[RowProblem] = []
-    for position, example in enumerate(examples, start=1):
-        if "row" not in example:
-            example = {**example, "row": position}
-        try:
-            encoded.append(_encode_row(example, tokenizer, train_on, max_length))
-        except _Rejected as e:
-            where = example.get("file") or source
-            problems.append(RowProblem(where, example["row"], e.field, e.message))
+    results, problems = encode_rows(examples, tokenizer, train_on=train_on, max_length=max_length, source=source)
+    encoded = [r for r in results if r is not None]
     if problems and on_bad_rows == "raise":
         raise bad_rows_error(problems, source=source, total=len(examples), kept=len(encoded))
     if problems:
@@ -270,3 +262,43 @@ def encode_all(
             "%s", skipped_message(problems, source=source, total=len(examples), kept=len(encoded))
         )
     return encoded, [str(p) for p in problems]
+
+
+def encode_rows(
+    examples: list[dict],
+    tokenizer,
+    *,
+    train_on: Literal["assistant", "all"] = "assistant",
+    max_length: int | None = None,
+    source: str = "data",
+    unit: str = "row",
+) -> tuple[list[dict | None], list[RowProblem]]:
+    """Encode every row and return the problems instead of a verdict: for callers that report
+    these with the problems reading found, in one report (``tunekit.data.settle``).
+
+    Args:
+        examples: rows as accepted by :func:`encode`.
+        tokenizer: a tokenizer with the chat template installed.
+        train_on: see :func:`encode`.
+        max_length: see :func:`encode`.
+        source: where the rows came from, for the problems; a row's own ``"file"`` names it instead.
+        unit: what the rows' numbers count (``"line"`` for jsonl), as reading reports them.
+
+    Returns:
+        ``(encodings, problems)``: one encoding per example, None where the row is bad.
+
+    Raises:
+        TemplateError: the template lacks generation markers (not a row problem).
+    """
+    check_options(train_on)
+    encoded: list[dict | None] = []
+    problems: list[RowProblem] = []
+    for position, example in enumerate(examples, start=1):
+        if "row" not in example:
+            example = {**example, "row": position}
+        try:
+            encoded.append(_encode_row(example, tokenizer, train_on, max_length))
+        except _Rejected as e:
+            encoded.append(None)
+            problems.append(RowProblem(example.get("file") or source, example["row"], e.field, e.message, unit))
+    return encoded, problems
