@@ -50,8 +50,9 @@ def add_hub_user(data_dir: str | Path, name: str) -> str:
 class HubServer:
     """A ``tunekit hub serve`` subprocess on a loopback port."""
 
-    def __init__(self, data_dir: str | Path, port: int | None = None):
+    def __init__(self, data_dir: str | Path, port: int | None = None, args: list[str] | None = None):
         self.data_dir = Path(data_dir)
+        self.args = list(args or [])  # more `hub serve` flags (--verbose, --public-url …)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
@@ -71,6 +72,7 @@ class HubServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *self.args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -101,6 +103,19 @@ class HubServer:
             self._proc.wait()
         self._proc = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs."""
+        return self._proc.pid if self._proc else None
+
+    def kill(self) -> None:
+        """``kill -9`` the server: no shutdown code runs (for crash-recovery tests)."""
+        if self._proc is None:
+            return
+        self._proc.kill()
+        self._proc.wait()
+        self._proc = None
+
     def restart(self) -> None:
         """Stop and start again on the same port and data dir."""
         self.stop()
@@ -114,9 +129,9 @@ class HubServer:
             return ""
 
 
-def start_hub(data_dir: str | Path, port: int | None = None) -> HubServer:
-    """Start ``tunekit hub serve --data DATA_DIR`` on a free (or the given) loopback port."""
-    return HubServer(data_dir, port).start()
+def start_hub(data_dir: str | Path, port: int | None = None, args: list[str] | None = None) -> HubServer:
+    """Start ``tunekit hub serve --data DATA_DIR [ARGS]`` on a free (or the given) loopback port."""
+    return HubServer(data_dir, port, args).start()
 
 
 @dataclass

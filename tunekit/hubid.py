@@ -18,7 +18,7 @@ _PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 
 def is_valid_name(part: object) -> bool:
     """Whether ``part`` is a valid owner or repo name (one side of ``owner/name``)."""
-    return (isinstance(part, str) and bool(_PART.match(part)) and "--" not in part and ".." not in part
+    return (isinstance(part, str) and bool(_PART.fullmatch(part)) and "--" not in part and ".." not in part
             and not part.endswith(".git"))
 
 

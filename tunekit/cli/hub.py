@@ -58,7 +58,11 @@ def register(sub) -> None:
     cmd.add_argument("--max-file-size", type=size, default="5GiB", metavar="SIZE",
                      help="largest file accepted, e.g. 5GiB (5*2^30 bytes) or 5GB (5*10^9) (default: 5GiB)")
     cmd.add_argument("--public-url", default=None,
-                     help="base URL clients use, when behind a proxy (default: the URL of each request)")
+                     help="base URL clients use, e.g. the https:// URL of a TLS proxy in front of the hub"
+                          " (default: the address each connection arrived on)")
+    # SUPPRESS: given before the command (`tunekit -v hub serve`) it must not be reset to False here.
+    cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="log every request")
     cmd.set_defaults(func=serve)
 
     user = hub_sub.add_parser("user", help="manage users")

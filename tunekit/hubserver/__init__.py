@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,41 @@ from .settings import HubSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["HubSettings", "add_org", "add_user", "create_app", "serve"]
+__all__ = ["HubSettings", "add_org", "add_user", "create_app", "exposure_warning", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
+
+
+def exposure_warning(host: str, public_url: str | None) -> str | None:
+    """What is unsafe about serving on ``host`` with this public URL, or ``None`` when nothing is.
+
+    Binding a non-loopback address exposes the hub to the network: without TLS its tokens and
+    files cross the network in clear, and without ``--public-url`` its upload links name the
+    address each connection arrived on, which is wrong behind a proxy.
+    """
+    if _is_loopback(host):
+        return None
+    if not public_url:
+        return (
+            f"serving on {host}, reachable from other machines, without --public-url: tokens and"
+            " files travel unencrypted, and links name whatever address a client connected to."
+            " Put the hub behind a TLS proxy and pass --public-url https://<that proxy>"
+        )
+    if not public_url.lower().startswith("https://"):
+        return (
+            f"serving on {host} with a plain-http --public-url ({public_url}): tokens and files"
+            " travel unencrypted. Put the hub behind a TLS proxy and use its https:// URL"
+        )
+    return None
 
 
 def create_app(
@@ -95,4 +131,7 @@ def serve(
     import uvicorn
 
     settings = settings or HubSettings(Path(data_dir))
+    warning = exposure_warning(host, settings.public_url)
+    if warning:
+        logger.warning(warning)
     uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -16,9 +17,46 @@ from .settings import HubSettings
 logger = logging.getLogger(__name__)
 
 
+# Endpoints of huggingface.co this hub does not implement, by what the client calls them. The
+# first pattern matching the path names the feature in the 501 answer.
+UNIMPLEMENTED = (
+    (r"/xet-", "Xet storage (set HF_HUB_DISABLE_XET=1 so the client uploads through LFS)"),
+    (r"/discussions|/pulls?\b", "pull requests and discussions"),
+    (r"/tag/", "tags (create_tag, delete_tag)"),
+    (r"/super-squash", "super_squash_history"),
+    (r"^/api/repos/move", "move_repo"),
+    (r"/(runtime|secrets|variables|hardware|restart|pause|sleeptime)\b", "Space runtime settings"),
+    (r"access-request|/user-access-request", "gated repos and access requests"),
+    (r"^/api/collections", "collections"),
+    (r"/like\b|/likes\b", "likes"),
+    (r"^/api/(jobs|inference|endpoints|scheduled-jobs)", "jobs and inference endpoints"),
+    (r"^/api/buckets|/buckets/", "storage buckets"),
+)
+
+
 def _header_safe(message: str) -> str:
-    # Header values must be one latin-1 line.
-    return " ".join(message.split()).encode("latin-1", "replace").decode("latin-1")[:500]
+    # Header values must be one latin-1 line without control characters (a NUL drops the
+    # connection).
+    text = "".join(c if c.isprintable() else " " for c in message)
+    return " ".join(text.split()).encode("latin-1", "replace").decode("latin-1")[:500]
+
+
+def unimplemented_feature(method: str, path: str) -> str:
+    """The feature a request for an unknown endpoint asks for, in words the user knows."""
+    for pattern, feature in UNIMPLEMENTED:
+        if re.search(pattern, path):
+            return feature
+    return f"the endpoint {method} {path}"
+
+
+async def _not_implemented(request: Request) -> JSONResponse:
+    # Not 404: the client reads a bare 404 as "repository not found", which sends users
+    # looking for a typo instead of a missing feature. Nothing of the body is read.
+    feature = unimplemented_feature(request.method, request.url.path)
+    message = f"Not implemented by tunekit hub: {feature}"
+    return JSONResponse(
+        {"error": message}, status_code=501, headers={"X-Error-Message": _header_safe(message)}
+    )
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -62,4 +100,11 @@ def create_app(
     app.include_router(routes_commit.router)
     app.include_router(routes_lfs.router)
     app.include_router(routes_files.router)
+    # Last, so it answers only what no route above matched.
+    app.add_api_route(
+        "/{path:path}",
+        _not_implemented,
+        methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
     return app

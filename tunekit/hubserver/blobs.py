@@ -2,18 +2,40 @@
 
 A blob is written to ``tmp/`` first, hashed while it streams in, checked against the expected
 sha256 and size, fsynced, and only then renamed into place. So a blob file that exists is always
-complete and correct, and no database row is needed to say so.
+complete and correct, and no database row is needed to say so. (Whether a *repo* may use a blob
+is another matter: see ``repo_blobs`` in :mod:`.storage`.)
+
+Temporary files carry the writing process's id, so a server starting up can delete those left by a
+killed process without touching the uploads of another server running on the same data dir.
+Folders are ``0700`` and files ``0600``: only the account running the hub reads them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from .errors import ApiError, bad_request
+from .storage import private_dir
 from .validate import check_oid
+
+
+def tmp_prefix(kind: str) -> str:
+    """Name prefix of this process's temporary files (``kind-<pid>-``)."""
+    return f"{kind}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class BlobWriter:
@@ -25,7 +47,7 @@ class BlobWriter:
     def __init__(self, store: BlobStore, max_bytes: int):
         self._store = store
         self._max = max_bytes
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="upload-")
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=tmp_prefix("upload"))
         self._file = os.fdopen(fd, "wb")
         self._tmp = Path(name)
         self._sha = hashlib.sha256()
@@ -57,7 +79,7 @@ class BlobWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         dest = self._store.path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(dest.parent, levels=2)  # blobs/ab/cd/
         os.replace(self._tmp, dest)
         return digest, self.size
 
@@ -80,8 +102,26 @@ class BlobStore:
     def __init__(self, data_dir: Path):
         self.root = Path(data_dir) / "blobs"
         self.tmp_dir = Path(data_dir) / "tmp"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root)
+        private_dir(self.tmp_dir)
+
+    def clean_tmp(self) -> int:
+        """Delete temporary files left by processes that died mid-upload (``kill -9``, power loss).
+
+        Returns:
+            How many files were removed.
+        """
+        removed = 0
+        for path in self.tmp_dir.iterdir():
+            parts = path.name.split("-")
+            pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+            # Our own pid on a leftover file means a dead process had it before us.
+            if pid is not None and pid != os.getpid() and _pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                path.unlink()
+                removed += 1
+        return removed
 
     def path(self, sha256: str) -> Path:
         """Where the blob with this sha256 lives (the oid is validated: it names a file)."""

@@ -15,7 +15,7 @@ from fastapi import Request
 from .blobs import BlobStore
 from .errors import ApiError, repo_not_found
 from .settings import HubSettings
-from .storage import HubStore, Repo
+from .storage import HubStore, Repo, private_dir
 from .validate import URL_PREFIX, check_name, repo_type
 
 # The client's message for a bad token; with it, huggingface_hub reports a plain 401 instead of
@@ -42,30 +42,35 @@ class Hub:
     def __init__(self, settings: HubSettings):
         self.settings = settings
         data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(data_dir)
         self.store = HubStore(data_dir)
         self.blobs = BlobStore(data_dir)
+        # Uploads cut off by a crash leave their temporary files; nothing else ever removes them.
+        self.blobs.clean_tmp()
         self._secret = _load_secret(data_dir)
 
-    def sign_upload(self, oid: str, size: int) -> tuple[int, str]:
-        """Expiry and signature authorising one LFS PUT.
+    def sign_upload(self, repo_uid: str, oid: str, size: int) -> tuple[int, str]:
+        """Expiry and signature authorising one LFS PUT into one repo.
 
         The client sends that PUT without its token (it expects a presigned storage URL), so the
-        authorisation travels in the URL, as with S3.
+        authorisation travels in the URL, as with S3. The repo's ``uid`` is signed too: the
+        upload grants that repo (and only it) the right to commit the object.
         """
         expires = int(time.time()) + UPLOAD_URL_TTL_S
-        return expires, self._signature(oid, size, expires)
+        return expires, self._signature(repo_uid, oid, size, expires)
 
-    def check_upload_signature(self, oid: str, size: int, expires: int, signature: str) -> None:
+    def check_upload_signature(
+        self, repo_uid: str, oid: str, size: int, expires: int, signature: str
+    ) -> None:
         """Raise 403 unless the signature is ours and still valid."""
-        expected = self._signature(oid, size, expires)
+        expected = self._signature(repo_uid, oid, size, expires)
         if expires < time.time() or not hmac.compare_digest(expected, signature):
             raise ApiError(
                 403, "Upload URL is invalid or expired: ask the LFS batch endpoint again"
             )
 
-    def _signature(self, oid: str, size: int, expires: int) -> str:
-        msg = f"{oid}:{size}:{expires}".encode()
+    def _signature(self, repo_uid: str, oid: str, size: int, expires: int) -> str:
+        msg = f"{repo_uid}:{oid}:{size}:{expires}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
 
@@ -142,9 +147,24 @@ def find_repo(
 
 
 def base_url(request: Request) -> str:
-    """Base URL for links the client will follow (no trailing slash)."""
+    """Base URL for links the client will follow (no trailing slash).
+
+    ``--public-url`` when set; otherwise the address the connection actually arrived on, never the
+    request's ``Host`` header, which the sender chooses (it would let anyone hand out upload links
+    to a host of their choosing).
+    """
     configured = hub_of(request).settings.public_url
-    return (configured or str(request.base_url)).rstrip("/")
+    if configured:
+        return configured.rstrip("/")
+    server = request.scope.get("server")
+    if not server:
+        return str(request.base_url).rstrip("/")  # not over a socket (in-process test clients)
+    host, port = server[0], server[1]
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    scheme = request.url.scheme
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
 def repo_url(request: Request, repo: Repo) -> str:

@@ -20,8 +20,10 @@ def _card_from_blob(blobs: BlobStore, sha256: str) -> dict | None:
     try:
         return parse_card_data(blobs.read(sha256, MAX_CARD_BYTES).decode("utf-8", errors="replace"))
     except CardError as e:
+        # A bad card must not break the repo's info, nor a listing that includes it: the repo is
+        # shown with empty card data.
         logger.info("ignoring README.md metadata of blob %s: %s", sha256, e)
-        return None
+        return {}
 
 
 def card_data(blobs: BlobStore, tree: dict[str, Entry]) -> dict | None:
@@ -96,7 +98,7 @@ def repo_json(
 ) -> dict:
     """Repo info as ``/api/{type}s/{id}`` returns it."""
     data: dict = {
-        "_id": hashlib.sha1(f"{repo.type}:{repo.pk}".encode()).hexdigest()[:24],
+        "_id": hashlib.sha1(f"{repo.type}:{repo.uid}".encode()).hexdigest()[:24],
         "id": repo.repo_id,
         "author": repo.namespace,
         "sha": commit.id,

@@ -6,18 +6,26 @@ import base64
 import binascii
 import fnmatch
 import json
-import tempfile
 from typing import IO
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from .bodies import read_json, spool_body
 from .context import Hub, find_repo, hub_of, repo_url
 from .errors import ApiError, bad_request
-from .routes_repos import read_json
 from .settings import HubSettings
-from .storage import LFS_PATTERNS, AddFile, DeleteFile, DeleteFolder, Entry, Operation, Repo
-from .validate import check_oid, check_repo_path, is_commit_id
+from .storage import (
+    LFS_PATTERNS,
+    AddFile,
+    DeleteFile,
+    DeleteFolder,
+    Entry,
+    Operation,
+    Repo,
+    not_uploaded,
+)
+from .validate import check_oid, check_repo_path, check_revision, is_commit_id
 
 router = APIRouter()
 
@@ -39,8 +47,9 @@ def wants_lfs(path: str, size: int, sample: bytes, settings: HubSettings) -> boo
 async def preupload(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> dict:
-    body = await read_json(request)
+    check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name, write=True)
+    body = await read_json(request)
     hub = hub_of(request)
     files = body.get("files")
     if not isinstance(files, list):
@@ -72,26 +81,7 @@ async def preupload(
     return {"files": answers, "commitOid": commit.id}
 
 
-async def _spool_body(request: Request, limit: int) -> IO[bytes]:
-    """Buffer the request body (in memory up to 8 MiB, then on disk); 413 past ``limit``."""
-    spool = tempfile.SpooledTemporaryFile(
-        max_size=8 * 1024 * 1024, dir=hub_of(request).blobs.tmp_dir
-    )
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, f"Commit payload too large (limit {limit} bytes)")
-            spool.write(chunk)
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool
-
-
-def _parse_operation(hub: Hub, key: str, value: dict) -> Operation:
+def _parse_operation(hub: Hub, repo: Repo, author: str, key: str, value: dict) -> Operation:
     if key == "file":
         path = check_repo_path(value.get("path"))
         if value.get("encoding", "base64") != "base64":
@@ -112,10 +102,11 @@ def _parse_operation(hub: Hub, key: str, value: dict) -> Operation:
             raise bad_request(f"{path}: only sha256 LFS oids are supported")
         oid = check_oid(value.get("oid"))
         stored = hub.blobs.size(oid)
-        if stored is None:
-            raise bad_request(
-                f"{path}: LFS object {oid} was not uploaded; upload it before committing"
-            )
+        # One answer for "not stored" and "stored, but not yours": a sha256 is no key. The store
+        # checks again inside the commit's transaction; this earlier check keeps the size
+        # comparison below from telling anyone the size of another repo's file.
+        if stored is None or not hub.store.may_reference(repo, author, oid):
+            raise not_uploaded(path, oid)
         if value.get("size") is not None and value["size"] != stored:
             raise bad_request(f"{path}: LFS object {oid} has {stored} bytes, not {value['size']}")
         return AddFile(path, Entry.large(oid, stored))
@@ -150,7 +141,7 @@ def _commit_from_ndjson(hub: Hub, repo: Repo, author: str, branch: str, body: IO
                 raise bad_request("The first line of a commit payload must be its header")
             header = item["value"]
             continue
-        operations.append(_parse_operation(hub, item.get("key"), item["value"]))
+        operations.append(_parse_operation(hub, repo, author, item.get("key"), item["value"]))
     if header is None:
         raise bad_request("Empty commit payload")
     title = header.get("summary")
@@ -174,11 +165,12 @@ def _commit_from_ndjson(hub: Hub, repo: Repo, author: str, branch: str, body: IO
 async def commit(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
     if request.query_params.get("create_pr") in ("1", "true"):
         raise bad_request("This hub does not support pull requests: commit to a branch instead")
+    check_revision(revision)
     repo, caller = find_repo(request, segment, namespace, name, write=True)
     if is_commit_id(revision):
         raise bad_request("Commits go to a branch, not to a commit id")
     hub = hub_of(request)
-    body = await _spool_body(request, hub.settings.max_commit_bytes)
+    body = await spool_body(request, hub.settings.max_commit_bytes)
     try:
         oid = await run_in_threadpool(_commit_from_ndjson, hub, repo, caller.name, revision, body)
     finally:

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from .context import find_repo, hub_of
 from .errors import entry_not_found
-from .validate import check_repo_path
+from .validate import check_repo_path, check_revision
 
 router = APIRouter()
 
@@ -17,6 +17,7 @@ router = APIRouter()
 def _resolve(
     request: Request, rtype: str, namespace: str, name: str, revision: str, path: str
 ) -> FileResponse:
+    check_revision(revision)
     check_repo_path(path)
     repo, _ = find_repo(request, rtype, namespace, name)
     hub = hub_of(request)

@@ -6,9 +6,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from .bodies import check_length, read_json
 from .context import base_url, find_repo, hub_of
 from .errors import ApiError, bad_request
-from .routes_repos import read_json
 from .validate import URL_PREFIX, check_oid
 
 router = APIRouter()
@@ -16,12 +16,12 @@ LFS_JSON = "application/vnd.git-lfs+json"
 
 
 async def _batch(request: Request, rtype: str, namespace: str, name: str) -> JSONResponse:
+    repo, caller = find_repo(request, rtype, namespace, name, write=True)
     body = await read_json(request)
     if body.get("operation") != "upload":
         raise bad_request(
             "Only the LFS 'upload' operation is supported; download files with /resolve"
         )
-    repo, _ = find_repo(request, rtype, namespace, name, write=True)
     hub = hub_of(request)
     base = base_url(request)
     verify_url = f"{base}/{URL_PREFIX[rtype]}{repo.repo_id}.git/info/lfs/objects/verify"
@@ -39,12 +39,14 @@ async def _batch(request: Request, rtype: str, namespace: str, name: str) -> JSO
             message = f"Object is {size} bytes, over the limit of {limit}"
             out.append({"oid": oid, "size": size, "error": {"code": 422, "message": message}})
             continue
-        if hub.blobs.size(oid) == size:
-            # Already stored: an object without actions is one the client skips.
+        if hub.blobs.size(oid) == size and hub.store.may_reference(repo, caller.name, oid):
+            # Already stored *and this repo may use it*: an object without actions is one the
+            # client skips. Any other stored object must be uploaded again, which proves the
+            # caller holds its content (else this answer would tell who stores which file).
             out.append({"oid": oid, "size": size})
             continue
-        expires, sig = hub.sign_upload(oid, size)
-        query = f"size={size}&expires={expires}&sig={sig}"
+        expires, sig = hub.sign_upload(repo.uid, oid, size)
+        query = f"repo={repo.uid}&size={size}&expires={expires}&sig={sig}"
         actions = {
             "upload": {"href": f"{base}/api/lfs-objects/{oid}?{query}"},
             "verify": {"href": verify_url},
@@ -56,11 +58,15 @@ async def _batch(request: Request, rtype: str, namespace: str, name: str) -> JSO
 
 
 async def _verify(request: Request, rtype: str, namespace: str, name: str) -> JSONResponse:
+    repo, caller = find_repo(request, rtype, namespace, name, write=True)
     body = await read_json(request)
-    find_repo(request, rtype, namespace, name, write=True)
     oid = check_oid(body.get("oid"))
-    if hub_of(request).blobs.size(oid) != body.get("size"):
-        raise ApiError(404, f"LFS object {oid} of {body.get('size')} bytes is not stored")
+    hub = hub_of(request)
+    stored = hub.blobs.size(oid) == body.get("size")
+    if not stored or not hub.store.may_reference(repo, caller.name, oid):
+        raise ApiError(
+            404, f"LFS object {oid} of {body.get('size')} bytes was not uploaded to this repo"
+        )
     return JSONResponse({"message": "ok"}, media_type=LFS_JSON)
 
 
@@ -94,14 +100,20 @@ async def upload_object(request: Request, oid: str) -> Response:
     check_oid(oid)
     hub = hub_of(request)
     try:
+        repo_uid = request.query_params["repo"]
         size = int(request.query_params["size"])
         expires = int(request.query_params["expires"])
         signature = request.query_params["sig"]
     except (KeyError, ValueError):
-        raise ApiError(403, "Upload URL is missing its size, expiry or signature") from None
-    hub.check_upload_signature(oid, size, expires, signature)
+        raise ApiError(
+            403, "Upload URL is missing its repo, size, expiry or signature"
+        ) from None
+    # The signature is checked, and the announced length compared, before any byte is read.
+    hub.check_upload_signature(repo_uid, oid, size, expires, signature)
+    check_length(request, size, f"LFS object {oid}")
     with hub.blobs.writer(size) as writer:
         async for chunk in request.stream():
             writer.write(chunk)
         await run_in_threadpool(writer.finish, sha256=oid, size=size)
+    await run_in_threadpool(hub.store.grant_upload, repo_uid, oid)
     return Response(status_code=200)

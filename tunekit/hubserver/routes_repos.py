@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..config import TRUE_WORDS
-from .cards import CardError, parse_card_data
-from .context import caller_of, find_repo, hub_of, repo_url, require_user
+from .bodies import read_form, read_json
+from .cards import MAX_CARD_BYTES, CardError, parse_card_data
+from .context import base_url, caller_of, find_repo, hub_of, repo_url, require_user
 from .errors import ApiError, bad_request
 from .payloads import card_data, commit_json, file_json, folder_json, list_tree, repo_json
 from .storage import DEFAULT_BRANCH, GITATTRIBUTES, Entry
-from .validate import SPACE_SDKS, URL_PREFIX, check_repo_path, repo_type
+from .validate import SPACE_SDKS, URL_PREFIX, check_repo_path, check_revision, repo_type
 
 router = APIRouter()
-MAX_JSON_BYTES = 10 * 1024 * 1024
-
-
-async def read_json(request: Request) -> dict:
-    """The request body as a JSON object (400 otherwise)."""
-    body = await request.body()
-    if len(body) > MAX_JSON_BYTES:
-        raise ApiError(413, "Request body too large")
-    try:
-        data = json.loads(body or b"{}")
-    except ValueError as e:
-        raise bad_request(f"Invalid JSON body: {e}") from None
-    if not isinstance(data, dict):
-        raise bad_request("Expected a JSON object")
-    return data
 
 
 def paginated(request: Request, items: list, limit_param: str | None = None) -> JSONResponse:
@@ -47,9 +31,8 @@ def paginated(request: Request, items: list, limit_param: str | None = None) -> 
     headers = {}
     if start + page_size < len(items):
         next_url = request.url.include_query_params(cursor=start + page_size)
-        public = hub_of(request).settings.public_url
-        if public:
-            next_url = f"{public.rstrip('/')}{next_url.path}?{next_url.query}"
+        # base_url, not the request's Host header (see context.base_url).
+        next_url = f"{base_url(request)}{next_url.path}?{next_url.query}"
         headers["Link"] = f'<{next_url}>; rel="next"'
     return JSONResponse(page, headers=headers)
 
@@ -84,9 +67,9 @@ def whoami(request: Request) -> dict:
 
 @router.post("/api/repos/create")
 async def create_repo(request: Request) -> JSONResponse:
-    body = await read_json(request)
     caller = caller_of(request)
     user = require_user(caller)
+    body = await read_json(request)
     rtype = body.get("type") or "model"
     if rtype not in URL_PREFIX:
         raise bad_request(f"Invalid repo type {rtype!r}: expected one of {sorted(URL_PREFIX)}")
@@ -125,9 +108,9 @@ async def create_repo(request: Request) -> JSONResponse:
 
 @router.delete("/api/repos/delete")
 async def delete_repo(request: Request) -> Response:
-    body = await read_json(request)
     caller = caller_of(request)
     user = require_user(caller)
+    body = await read_json(request)
     rtype = body.get("type") or "model"
     if rtype not in URL_PREFIX:
         raise bad_request(f"Invalid repo type {rtype!r}")
@@ -140,8 +123,8 @@ async def delete_repo(request: Request) -> Response:
 
 @router.put("/api/{segment}/{namespace}/{name}/settings")
 async def update_settings(request: Request, segment: str, namespace: str, name: str) -> dict:
-    body = await read_json(request)
     repo, _ = find_repo(request, segment, namespace, name, write=True)
+    body = await read_json(request)
     visibility = body.get("visibility")
     if visibility is None and "private" in body:
         visibility = "private" if body["private"] else "public"
@@ -154,7 +137,8 @@ async def update_settings(request: Request, segment: str, namespace: str, name: 
 
 @router.post("/api/validate-yaml")
 async def validate_yaml(request: Request) -> JSONResponse:
-    body = await read_json(request)
+    caller_of(request)  # a bad token is refused before the body is read
+    body = await read_json(request, limit=2 * MAX_CARD_BYTES)
     content = body.get("content")
     if not isinstance(content, str):
         raise bad_request("Expected 'content' (the README.md text)")
@@ -184,6 +168,7 @@ def list_repos(request: Request, segment: str) -> JSONResponse:
 
 
 def _info(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
+    check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
     hub = hub_of(request)
     commit = hub.store.resolve(repo, revision)
@@ -206,6 +191,7 @@ def repo_info_at(request: Request, segment: str, namespace: str, name: str, revi
 def tree(
     request: Request, segment: str, namespace: str, name: str, revision: str, path: str = ""
 ) -> JSONResponse:
+    check_revision(revision)
     path = path.strip("/")
     if path:
         check_repo_path(path)
@@ -225,9 +211,10 @@ def tree(
 async def paths_info(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> list:
-    form = await request.form()
-    paths = [check_repo_path(str(p).strip("/")) for p in form.getlist("paths")]
+    check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
+    form = await read_form(request)
+    paths = [check_repo_path(p.strip("/")) for p in form.get("paths", [])]
     hub = hub_of(request)
     tree = hub.store.tree(hub.store.resolve(repo, revision))
     out = []
@@ -243,6 +230,7 @@ async def paths_info(
 def list_commits(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> JSONResponse:
+    check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
     store = hub_of(request).store
     commits = [commit_json(c) for c in store.history(repo, store.resolve(repo, revision))]
@@ -253,23 +241,27 @@ def list_commits(
 def list_refs(request: Request, segment: str, namespace: str, name: str) -> dict:
     repo, _ = find_repo(request, segment, namespace, name)
     branches = hub_of(request).store.branches(repo)
-    return {
+    refs: dict = {
         "branches": [
             {"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in branches.items()
         ],
         "converts": [],
         "tags": [],
     }
+    if _truthy(request.query_params.get("include_prs")):
+        # This hub has no pull requests; the client still reads the key when it asks for them.
+        refs["pullRequests"] = []
+    return refs
 
 
 @router.post("/api/{segment}/{namespace}/{name}/branch/{branch:path}")
 async def create_branch(
     request: Request, segment: str, namespace: str, name: str, branch: str
 ) -> dict:
-    body = await read_json(request)
     repo, _ = find_repo(request, segment, namespace, name, write=True)
+    body = await read_json(request)
     store = hub_of(request).store
-    start = store.resolve(repo, body.get("startingPoint") or DEFAULT_BRANCH)
+    start = store.resolve(repo, check_revision(body.get("startingPoint") or DEFAULT_BRANCH))
     store.create_branch(repo, branch, start)
     return {}
 

@@ -5,6 +5,15 @@ deduplicated by content, so any revision resolves with one lookup and history is
 Writes run in ``BEGIN IMMEDIATE`` transactions: SQLite serialises them across threads *and*
 processes, so two pushes to one branch can never both build on the same parent and lose each
 other's files.
+
+Each repo has a random ``uid`` besides its row id. SQLite hands a deleted repo's row id to the next
+repo created, so anything that outlives a request (a commit in flight, an upload grant, a signed
+upload URL) names the repo by ``uid``, never by row id.
+
+Which blobs a repo may reference is recorded in ``repo_blobs``: those uploaded through the repo's
+own LFS endpoint (``source = 'upload'``) and those in one of its commits (``source = 'tree'``). A
+commit may point at a blob only through such a row of its own repo or a ``tree`` row of a repo the
+author can read, so a sha256 alone never opens another tenant's file.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import string
@@ -21,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ApiError, bad_request, entry_not_found, revision_not_found
+from .errors import ApiError, bad_request, entry_not_found, repo_not_found, revision_not_found
 from .validate import check_account_name, check_branch, check_name, is_commit_id
 
 SCHEMA = """
@@ -43,6 +53,11 @@ CREATE TABLE IF NOT EXISTS commits (
     message TEXT NOT NULL, author TEXT NOT NULL, date TEXT NOT NULL, tree TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS commits_by_repo ON commits (repo);
 CREATE TABLE IF NOT EXISTS trees (id TEXT PRIMARY KEY, entries TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS repo_blobs (
+    repo_uid TEXT NOT NULL, sha256 TEXT NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('upload', 'tree')),
+    PRIMARY KEY (repo_uid, sha256, source));
+CREATE INDEX IF NOT EXISTS repo_blobs_by_sha ON repo_blobs (sha256);
 """
 
 # What a new repo starts with, as on huggingface.co: one commit holding a .gitattributes that
@@ -121,6 +136,7 @@ class Repo:
     private: bool
     sdk: str | None
     created_at: str
+    uid: str
 
     @property
     def repo_id(self) -> str:
@@ -169,6 +185,7 @@ def _repo(row: sqlite3.Row) -> Repo:
         bool(row["private"]),
         row["sdk"],
         row["created_at"],
+        row["uid"],
     )
 
 
@@ -195,10 +212,20 @@ class HubStore:
 
     def __init__(self, data_dir: Path):
         self.path = Path(data_dir) / "hub.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        private_dir(self.path.parent)
+        _private_file(self.path)
+        db = self._connect()
+        try:
             db.execute("PRAGMA journal_mode=WAL")
+            had_grants = _has_table(db, "repo_blobs")
             db.executescript(SCHEMA)
+            _migrate(db, backfill_grants=not had_grants)
+        finally:
+            db.close()
+        # SQLite gives the -wal and -shm files the database's mode; older data dirs need fixing.
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -244,6 +271,7 @@ class HubStore:
         check_account_name(name, "user name")
         token = _new_token()
         with self._write() as db:
+            _refuse_case_twin(db, name)
             row = db.execute("SELECT kind FROM accounts WHERE name = ?", (name,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO accounts VALUES (?, 'user', ?)", (name, now_iso()))
@@ -260,6 +288,7 @@ class HubStore:
         """
         check_account_name(name, "organization name")
         with self._write() as db:
+            _refuse_case_twin(db, name)
             row = db.execute("SELECT kind FROM accounts WHERE name = ?", (name,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO accounts VALUES (?, 'org', ?)", (name, now_iso()))
@@ -319,15 +348,29 @@ class HubStore:
             ).fetchone()
             if row is not None:
                 return _repo(row), False
+            twin = db.execute(
+                "SELECT namespace, name FROM repos WHERE type = ? AND lower(namespace) = lower(?)"
+                " AND lower(name) = lower(?)",
+                (rtype, namespace, name),
+            ).fetchone()
+            if twin is not None:
+                # Clients fold case on some file systems (the cache folder), so two such repos
+                # would share one local copy.
+                raise bad_request(
+                    f"Invalid repo id {namespace}/{name}: {twin['namespace']}/{twin['name']}"
+                    " exists and differs only in letter case; choose another name"
+                )
+            uid = uuid.uuid4().hex
             cur = db.execute(
-                "INSERT INTO repos (type, namespace, name, private, sdk, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (rtype, namespace, name, int(private), sdk, now_iso()),
+                "INSERT INTO repos (type, namespace, name, private, sdk, created_at, uid)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rtype, namespace, name, int(private), sdk, now_iso(), uid),
             )
             repo_pk = cur.lastrowid
             self._insert_commit(
                 db, repo_pk, DEFAULT_BRANCH, None, dict(initial_files), "initial commit", "", author
             )
+            _grant(db, uid, (e.sha256 for e in initial_files.values()), "tree")
             row = db.execute("SELECT * FROM repos WHERE pk = ?", (repo_pk,)).fetchone()
         return _repo(row), True
 
@@ -354,12 +397,30 @@ class HubStore:
         with self._write() as db:
             db.execute("DELETE FROM refs WHERE repo = ?", (repo.pk,))
             db.execute("DELETE FROM commits WHERE repo = ?", (repo.pk,))
+            db.execute("DELETE FROM repo_blobs WHERE repo_uid = ?", (repo.uid,))
             db.execute("DELETE FROM repos WHERE pk = ?", (repo.pk,))
 
     def set_private(self, repo: Repo, private: bool) -> None:
         """Change a repo's visibility."""
         with self._write() as db:
             db.execute("UPDATE repos SET private = ? WHERE pk = ?", (int(private), repo.pk))
+
+    # --- which blobs a repo may reference ---------------------------------------------------
+
+    def grant_upload(self, repo_uid: str, sha256: str) -> None:
+        """Record that ``sha256`` was uploaded (content and hash checked) through this repo."""
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM repos WHERE uid = ?", (repo_uid,)).fetchone():
+                _grant(db, repo_uid, [sha256], "upload")
+
+    def may_reference(self, repo: Repo, author: str, sha256: str) -> bool:
+        """Whether a commit by ``author`` to ``repo`` may point at the blob ``sha256``.
+
+        True when the blob came through this repo's own upload, is in one of its commits, or is in
+        a commit of a repo ``author`` can read.
+        """
+        with self._read() as db:
+            return _may_reference(db, repo.uid, author, sha256)
 
     # --- revisions ------------------------------------------------------------------------
 
@@ -454,12 +515,21 @@ class HubStore:
             The new commit id (40 hex).
 
         Raises:
-            ApiError: 404 ``RevisionNotFound`` (no such branch), 404 ``EntryNotFound`` (deleting a
-                missing file or folder), 412 (``parent_commit`` is not the head).
+            ApiError: 404 ``RepoNotFound`` (the repo was deleted meanwhile), 403 (``author`` may no
+                longer write it), 400 (an LFS file the author may not reference), 404
+                ``RevisionNotFound`` (no such branch), 404 ``EntryNotFound`` (deleting a missing
+                file or folder), 412 (``parent_commit`` is not the head).
         """
         with self._write() as db:
+            # Checked again here, under the write lock: the request may have been authorised
+            # long ago (a slow upload), and the repo deleted or its access changed since.
+            repo_pk = _writable_pk(db, repo, author)
+            for op in operations:
+                if isinstance(op, AddFile) and op.entry.lfs:
+                    if not _may_reference(db, repo.uid, author, op.entry.sha256):
+                        raise not_uploaded(op.path, op.entry.sha256)
             row = db.execute(
-                "SELECT commit_id FROM refs WHERE repo = ? AND name = ?", (repo.pk, branch)
+                "SELECT commit_id FROM refs WHERE repo = ? AND name = ?", (repo_pk, branch)
             ).fetchone()
             if row is None:
                 raise revision_not_found(branch)
@@ -480,7 +550,9 @@ class HubStore:
             )
             tree = {path: Entry(*values) for path, values in entries.items()}
             _apply(tree, operations)
-            return self._insert_commit(db, repo.pk, branch, head, tree, title, message, author)
+            added = (op.entry.sha256 for op in operations if isinstance(op, AddFile))
+            _grant(db, repo.uid, added, "tree")
+            return self._insert_commit(db, repo_pk, branch, head, tree, title, message, author)
 
     @staticmethod
     def _insert_commit(
@@ -511,6 +583,113 @@ class HubStore:
         )
         db.execute("INSERT OR REPLACE INTO refs VALUES (?, ?, ?)", (repo_pk, branch, commit_id))
         return commit_id
+
+
+def not_uploaded(path: str, sha256: str) -> ApiError:
+    """The one answer for an LFS oid a commit may not use, whether or not the server stores it
+    (any other wording would tell a stranger which files exist)."""
+    return bad_request(
+        f"{path}: LFS object {sha256} was not uploaded to this repo; upload it before committing"
+    )
+
+
+def private_dir(path: Path, *, levels: int = 1) -> None:
+    """Create ``path`` (and parents) if needed; it and the ``levels - 1`` folders above it are made
+    readable by their owner only (``mkdir`` applies its mode to the last folder alone)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in [path, *path.parents][:levels]:
+        os.chmod(folder, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    # Created before SQLite opens it, so the file is never world-readable, not even briefly.
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _migrate(db: sqlite3.Connection, *, backfill_grants: bool) -> None:
+    """Bring a data dir made by an older tunekit up to this schema."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(repos)")}
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "uid" not in columns:
+            db.execute("ALTER TABLE repos ADD COLUMN uid TEXT")
+        for row in db.execute("SELECT pk FROM repos WHERE uid IS NULL").fetchall():
+            db.execute("UPDATE repos SET uid = ? WHERE pk = ?", (uuid.uuid4().hex, row["pk"]))
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS repos_by_uid ON repos (uid)")
+        if backfill_grants:
+            _backfill_grants(db)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _backfill_grants(db: sqlite3.Connection) -> None:
+    # Every blob already in a repo's history stays usable by that repo.
+    rows = db.execute(
+        "SELECT DISTINCT repos.uid AS uid, trees.entries AS entries FROM commits"
+        " JOIN repos ON repos.pk = commits.repo JOIN trees ON trees.id = commits.tree"
+    ).fetchall()
+    for row in rows:
+        _grant(db, row["uid"], (v[0] for v in json.loads(row["entries"]).values()), "tree")
+
+
+def _grant(db: sqlite3.Connection, repo_uid: str, shas, source: str) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO repo_blobs VALUES (?, ?, ?)",
+        [(repo_uid, sha, source) for sha in set(shas)],
+    )
+
+
+def _may_reference(db: sqlite3.Connection, repo_uid: str, author: str, sha256: str) -> bool:
+    own = db.execute(
+        "SELECT 1 FROM repo_blobs WHERE repo_uid = ? AND sha256 = ?", (repo_uid, sha256)
+    ).fetchone()
+    if own:
+        return True
+    # Or in a commit of a repo the author can read: public, theirs, or one of their orgs'.
+    readable = db.execute(
+        "SELECT 1 FROM repo_blobs JOIN repos ON repos.uid = repo_blobs.repo_uid"
+        " WHERE repo_blobs.sha256 = ? AND repo_blobs.source = 'tree' AND (repos.private = 0"
+        " OR repos.namespace = ? OR repos.namespace IN (SELECT org FROM members WHERE user = ?))"
+        " LIMIT 1",
+        (sha256, author, author),
+    ).fetchone()
+    return readable is not None
+
+
+def _writable_pk(db: sqlite3.Connection, repo: Repo, author: str) -> int:
+    """The row id of ``repo`` now, if it still exists and ``author`` may still write it."""
+    row = db.execute("SELECT pk, namespace FROM repos WHERE uid = ?", (repo.uid,)).fetchone()
+    if row is None:
+        raise repo_not_found(repo.repo_id)
+    namespace = row["namespace"]
+    is_user = db.execute(
+        "SELECT 1 FROM accounts WHERE name = ? AND kind = 'user'", (author,)
+    ).fetchone()
+    member = db.execute(
+        "SELECT 1 FROM members WHERE org = ? AND user = ?", (namespace, author)
+    ).fetchone()
+    if not is_user or (namespace != author and not member):
+        raise ApiError(403, f"You don't have write access to {repo.repo_id}")
+    return row["pk"]
+
+
+def _refuse_case_twin(db: sqlite3.Connection, name: str) -> None:
+    twin = db.execute(
+        "SELECT name FROM accounts WHERE lower(name) = lower(?) AND name != ?", (name, name)
+    ).fetchone()
+    if twin is not None:
+        raise bad_request(
+            f"Invalid name {name!r}: account {twin['name']!r} exists and differs only in letter"
+            " case; choose another name"
+        )
 
 
 def _apply(tree: dict[str, Entry], operations: list[Operation]) -> None:

@@ -18,12 +18,17 @@ TYPE_BY_SEGMENT = {"models": "model", "datasets": "dataset", "spaces": "space"}
 URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-# The client refuses to commit under these folders; so does the server.
-_FORBIDDEN_PARTS = {".git"}
+# fullmatch, never "$": "$" also matches before a trailing newline, so "<oid>\n" would pass.
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+# A drive ("C:", "C:x") in any segment: huggingface_hub refuses to download such a file (and
+# aborts the whole snapshot), since on Windows it would leave the target folder.
+_DRIVE = re.compile(r"[A-Za-z]:")
 MAX_PATH_CHARS = 1024
+# Longest file or folder name most file systems store; a longer one can be committed but never
+# downloaded.
+MAX_SEGMENT_BYTES = 255
 # Account names that would clash with the server's own URL prefixes (``/api/…``, ``/datasets/…``).
 RESERVED_NAMESPACES = frozenset(
     {"api", "datasets", "spaces", "models", "organizations", "settings"}
@@ -44,6 +49,9 @@ def check_name(name: object, what: str = "name") -> str:
     Raises:
         ApiError: 400 when the name is not allowed.
     """
+    # A trailing newline slips through a "$"-anchored pattern; refuse it by name.
+    if isinstance(name, str) and "\n" in name:
+        raise bad_request(f"Invalid {what} {name!r}: it contains a newline")
     if not is_valid_name(name):
         raise bad_request(
             f"Invalid {what} {name!r}: use letters, digits, '-', '_' and '.', at most 96"
@@ -71,13 +79,25 @@ def _path_problem(path: str) -> str | None:
         return "backslash in path"
     if path.startswith("/"):
         return "absolute path"
-    if re.match(r"^[A-Za-z]:", path):
-        return "drive letter in path"
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
         return "empty, '.' or '..' segment in path"
-    if any(p in _FORBIDDEN_PARTS for p in parts):
-        return "'.git' segment in path"
+    return _segment_problem(parts)
+
+
+def _segment_problem(parts: list[str]) -> str | None:
+    lowered = [p.lower() for p in parts]
+    # Case-insensitive: on macOS and Windows ".GIT" is ".git", and a download into a checkout
+    # would overwrite its .git/config.
+    if ".git" in lowered:
+        return "'.git' segment in path (in any letter case)"
+    # Where huggingface_hub keeps its own bookkeeping inside a local_dir download.
+    if lowered[:2] == [".cache", "huggingface"]:
+        return "'.cache/huggingface' is the client's bookkeeping folder"
+    if any(_DRIVE.match(p) for p in parts):
+        return "drive letter (such as 'C:') in a path segment"
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for p in parts):
+        return f"a file or folder name longer than {MAX_SEGMENT_BYTES} bytes"
     return None
 
 
@@ -103,23 +123,42 @@ def check_repo_path(path: object) -> str:
 
 def check_oid(oid: object) -> str:
     """Validate an LFS oid (lowercase hex sha256); it becomes part of a file name on disk."""
-    if not isinstance(oid, str) or not _SHA256.match(oid):
+    if not isinstance(oid, str) or not _SHA256.fullmatch(oid):
         raise bad_request(f"Invalid LFS oid {oid!r}: expected 64 lowercase hex characters")
     return oid
 
 
 def is_sha256(value: str) -> bool:
     """Whether ``value`` looks like a lowercase hex sha256."""
-    return bool(_SHA256.match(value))
+    return bool(_SHA256.fullmatch(value))
 
 
 def is_commit_id(rev: str) -> bool:
     """Whether ``rev`` is a full 40-hex commit id rather than a branch name."""
-    return bool(_COMMIT_ID.match(rev))
+    return bool(_COMMIT_ID.fullmatch(rev))
 
 
 def check_branch(name: object) -> str:
     """Validate a branch name (letters, digits, ``._/-``; no ``..``)."""
-    if not isinstance(name, str) or not _BRANCH.match(name) or ".." in name or "//" in name:
-        raise bad_request(f"Invalid branch name {name!r}")
+    if not isinstance(name, str) or not _BRANCH.fullmatch(name) or ".." in name or "//" in name:
+        raise bad_request(
+            f"Invalid branch name {name!r}: use letters, digits and '._/-', starting with a letter"
+            " or digit, without '..' or '//'"
+        )
     return name
+
+
+def check_revision(revision: object) -> str:
+    """Validate a revision as a request names it (a branch or a commit id).
+
+    Raises:
+        ApiError: 400 for control characters (a NUL would end up in an error header and drop the
+            connection) or an over-long revision.
+    """
+    if not isinstance(revision, str) or not revision:
+        raise bad_request("Invalid revision: expected a branch name or a commit id")
+    if any(ord(c) < 32 or ord(c) == 127 for c in revision):
+        raise bad_request(f"Invalid revision {revision!r}: control character (or NUL)")
+    if len(revision) > 256:
+        raise bad_request("Invalid revision: longer than 256 characters")
+    return revision
