@@ -328,7 +328,8 @@ def test_api_key_is_checked_before_the_body_and_errors_keep_openai_shape(server,
         r = client.post("/v1/chat/completions", content=b"{not json", headers={"Authorization": "Bearer nope"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert client.get("/v1/no-such-endpoint").status_code == 401
-        assert client.get("/health").json()["base"] == tiny_base  # outside /v1/: no key needed
+        assert client.get("/health").status_code == 401  # every path needs the key, /health too
+        assert client.get("/health", headers={"Authorization": "Bearer sekret"}).json()["base"] == tiny_base
 
         key = {"Authorization": "Bearer sekret"}
         r = client.get("/v1/no-such-endpoint", headers=key)

@@ -295,6 +295,18 @@ class AdapterPool:
         """
         self._entry(adapter)
 
+    def tokenizer_for(self, adapter: str | None = None):
+        """The tokenizer (with its chat template) that answers for ``adapter``, without taking the
+        model: the OpenAI server counts a prompt's tokens with it before the reply starts.
+
+        Args:
+            adapter: the adapter's name (pulled like :meth:`fetch` does); None for the base's.
+
+        Raises:
+            HubError, ModelError: as for :meth:`fetch`.
+        """
+        return self._entry(adapter).tokenizer if adapter is not None else self._tokenizer
+
     @contextlib.contextmanager
     def using(self, adapter: str | None = None) -> Iterator[tuple[Any, Any]]:
         """Hold the shared model with one adapter active, for callers that run their own

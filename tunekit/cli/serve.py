@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import check_port
+from .common import check_port, size
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -14,6 +14,8 @@ def serve(args: argparse.Namespace) -> int:
     check_port(args.port, free_ok=True)
     if args.max_loaded is not None and args.max_loaded < 1:
         raise ConfigError(f"--max-loaded must be at least 1, got {args.max_loaded}")
+    if args.max_body < 1:
+        raise ConfigError(f"--max-body must be at least 1 byte, got {args.max_body}")
     from ..server import serve as serve_fn
 
     def ready(url: str) -> None:
@@ -22,7 +24,7 @@ def serve(args: argparse.Namespace) -> int:
               f"adapter(s) at {url}", flush=True)
 
     serve_fn(args.base, args.adapter or [], host=args.host, port=args.port, max_loaded=args.max_loaded,
-             device=args.device, allow_any=args.allow_any, api_key=args.api_key, ready=ready)
+             device=args.device, allow_any=args.allow_any, api_key=args.api_key, max_body=args.max_body, ready=ready)
     return 0
 
 
@@ -58,12 +60,17 @@ def register(sub) -> None:
                      help="adapter Hub id (user/name) or folder to serve, pulled on first use (repeatable)")
     cmd.add_argument("--max-loaded", type=int, default=None, metavar="N",
                      help="adapters kept in memory at once; the least recently used is evicted (default: all)")
-    cmd.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    cmd.add_argument("--host", default="127.0.0.1",
+                     help="interface to listen on (default: 127.0.0.1); any other prints a warning, as the "
+                          "server speaks plain HTTP")
     cmd.add_argument("--port", type=int, default=8000, help="TCP port (default: 8000; 0 picks a free one)")
     cmd.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     cmd.add_argument("--allow-any", action="store_true",
-                     help="also serve adapters not listed, pulled by name when a request asks for them")
-    cmd.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1 requests")
+                     help="also serve adapters not listed, pulled by Hub id (user/name) when a request asks for "
+                          "them; local folders are served only when listed with --adapter")
+    cmd.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request, /health included")
+    cmd.add_argument("--max-body", type=size, default="8MiB", metavar="SIZE",
+                     help="largest request body, e.g. 8MiB or 500kB; larger ones get 413 (default: 8MiB)")
     cmd.set_defaults(func=serve)
 
     cmd = sub.add_parser("merge", help="merge an adapter into its base: a plain transformers model folder")

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Request
 
 from ..errors import ConfigError
 from . import routes_chat, routes_models
-from .context import ServerContext, context_of
-from .errors import APIError, add_handlers
+from .context import DEFAULT_MAX_BODY, ServerContext, context_of
+from .errors import APIError, add_handlers, too_large
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..serve import AdapterPool
@@ -25,41 +25,79 @@ log = logging.getLogger(__name__)
 
 
 async def _check_key(request: Request, call_next):
-    # A middleware, so a wrong key is refused before the body is read.
-    if request.url.path.startswith("/v1/") and not context_of(request).authorized(request.headers.get("authorization")):
+    # A middleware, so a wrong key is refused before the body is read; on every path, /health
+    # included, so nothing answers a caller without the key.
+    if not context_of(request).authorized(request.headers.get("authorization")):
         return APIError(401, "Incorrect API key provided.", code="invalid_api_key").response()
     return await call_next(request)
 
 
+class _BodyLimit:
+    """Refuses bodies over ``limit`` bytes with 413: at once when ``Content-Length`` says so,
+    else as soon as the chunks read so far pass it, so no more than ``limit`` is ever held.
+
+    A plain ASGI middleware rather than a route check, so it bounds every route, those that
+    read their body themselves (chat) included.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_large(self.limit).response()(scope, receive, send)
+        received = 0
+
+        async def bounded():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise too_large(self.limit)  # answered by the app's APIError handler
+            return message
+
+        return await self.app(scope, bounded, send)
+
+
 async def _health(request: Request) -> dict:
-    context = context_of(request)
-    return {"status": "ok", "base": context.base_name, "loaded": context.pool.adapters}
+    return context_of(request).health()
 
 
 def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
-               api_key: str | None = None, base_name: str | None = None) -> FastAPI:
+               api_key: str | None = None, base_name: str | None = None,
+               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
     """The OpenAI-compatible API over one adapter pool, as an ASGI app.
 
     Args:
         pool: the pool holding the base and the adapters.
         adapters: the adapter names (Hub ids or folders) to answer to, listed by ``/v1/models``;
             each is pulled on first use and kept in the pool's LRU.
-        allow_any: also pull adapters not listed when a request names them (as Hub ids).
-        api_key: when set, ``/v1/`` requests must carry ``Authorization: Bearer <api_key>``.
+        allow_any: also pull adapters not listed when a request names them; only Hub ids
+            (``owner/name``) are taken, never paths: local folders are served only when listed.
+        api_key: when set, every request (``/health`` too) must carry ``Authorization: Bearer <api_key>``.
         base_name: the model id that answers with the base alone; default: the pool's base name.
+        max_body: the largest request body in bytes (default 8 MiB); a larger one gets 413
+            before it is read, with or without ``api_key``.
 
     Returns:
         A FastAPI app; run it with uvicorn, mount it in another app, or see :func:`serve`.
 
     Raises:
-        ConfigError: an adapter has the base's name.
+        ConfigError: an adapter has the base's name, or ``max_body`` is not a positive integer.
 
     Example:
         >>> app = create_app(tunekit.AdapterPool("alice/tiny-base"), ["alice/support-lora"])  # doctest: +SKIP
     """
     app = FastAPI(title="tunekit OpenAI-compatible server", docs_url=None, redoc_url=None)
-    app.state.context = ServerContext(pool, adapters, allow_any=allow_any, api_key=api_key, base_name=base_name)
+    app.state.context = ServerContext(pool, adapters, allow_any=allow_any, api_key=api_key, base_name=base_name,
+                                      max_body=max_body)
     add_handlers(app)
+    # The last added runs first: the key is checked, then the body is bounded as it is read.
+    app.add_middleware(_BodyLimit, limit=max_body)
     app.middleware("http")(_check_key)
     app.add_api_route("/health", _health, methods=["GET"])
     app.include_router(routes_models.router)
@@ -69,7 +107,8 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
 
 def serve(base: str | None = None, adapters: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           max_loaded: int | None = None, device: str | None = None, token: str | None = None,
-          allow_any: bool = False, api_key: str | None = None, ready: Callable[[str], None] | None = None) -> None:
+          allow_any: bool = False, api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+          ready: Callable[[str], None] | None = None) -> None:
     """Run the OpenAI-compatible server until interrupted.
 
     Args:
@@ -80,9 +119,13 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
         max_loaded: adapters kept in memory at once (least recently used evicted); None: all.
         device: "cpu" or "cuda"; default: cuda when available.
         token: Hub token for private adapters and base.
-        allow_any: also serve adapters not listed, pulled by name when a request asks.
-        api_key: require ``Authorization: Bearer <api_key>``.
+        allow_any: also serve adapters not listed, pulled by Hub id when a request asks.
+        api_key: require ``Authorization: Bearer <api_key>`` on every request.
+        max_body: the largest request body in bytes; larger ones get 413.
         ready: called with the base URL once the server accepts connections.
+
+    A ``host`` other than loopback logs a warning (see :func:`exposure_warning`): this server
+    speaks plain HTTP.
 
     Raises:
         ConfigError: the address cannot be bound, or an adapter has the base's name.
@@ -94,8 +137,11 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
 
     from ..serve import AdapterPool
 
+    warning = exposure_warning(host, api_key=api_key)
+    if warning:  # before the base loads, so it is seen at once
+        log.warning("%s", warning)
     pool = AdapterPool(base, max_loaded=max_loaded, device=device, token=token, auto_add=True)
-    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key)
+    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key, max_body=max_body)
     # Bind before announcing the URL, so whoever reads it can connect at once (and port 0 works).
     sock = _bind(host, port)
     runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
@@ -108,6 +154,36 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
         runner.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def exposure_warning(host: str, *, api_key: str | None = None) -> str | None:
+    """What to tell whoever binds ``host``: None for loopback, else a warning that the server is
+    reachable from other machines over plain HTTP (and, without ``api_key``, open to all).
+
+    Example:
+        >>> exposure_warning("127.0.0.1") is None
+        True
+    """
+    if _is_loopback(host):
+        return None
+    carried = "prompts, replies and the API key" if api_key else "prompts and replies"
+    text = (f"listening on {host}, reachable from other machines, over plain HTTP: {carried} cross the network "
+            "unencrypted. Put a TLS-terminating proxy in front of a server bound to 127.0.0.1, or keep this "
+            "address on a network you trust.")
+    if not api_key:
+        text += " Without --api-key anyone who reaches it can use it."
+    return text
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _bind(host: str, port: int):

@@ -1,4 +1,5 @@
-"""What every route needs: the adapter pool, the model ids served, and who may call."""
+"""What every route needs: the adapter pool, the model ids served, who may call, and how much a
+request may send."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 
 from ..errors import ConfigError
+from ..hubid import is_hub_id
 from .errors import model_not_found
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..serve import AdapterPool
+    from .errors import APIError
+
+
+# 8 MiB: a 128k-token prompt is about 0.5 MB of text, a few MB JSON-escaped; nothing an OpenAI
+# chat client sends comes near it, and a body this size costs the server nothing to hold.
+DEFAULT_MAX_BODY = 8 * 2**20
 
 
 class ServerContext:
@@ -22,17 +30,19 @@ class ServerContext:
         pool: the pool holding the base and the adapters.
         adapters: the adapter names (Hub ids or folders) this server answers to, listed by
             ``/v1/models``; each is pulled on first use and kept in the pool's LRU.
-        allow_any: also pull adapters not listed here when a request names them (as Hub ids);
-            off by default so a client cannot make the server download arbitrary repos.
-        api_key: when set, requests must carry ``Authorization: Bearer <api_key>``.
+        allow_any: also pull adapters not listed here when a request names them; such names must
+            be Hub ids (``owner/name``), never paths, so a client cannot reach the server's disk.
+            Off by default so a client cannot make the server download arbitrary repos.
+        api_key: when set, every request must carry ``Authorization: Bearer <api_key>``.
         base_name: the model id that answers with the base alone; default: the pool's base name.
+        max_body: the largest request body accepted, in bytes; larger ones get 413.
 
     Raises:
-        ConfigError: an adapter has the base's name.
+        ConfigError: an adapter has the base's name, or ``max_body`` is not a positive integer.
     """
 
     def __init__(self, pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
-                 api_key: str | None = None, base_name: str | None = None):
+                 api_key: str | None = None, base_name: str | None = None, max_body: int = DEFAULT_MAX_BODY):
         self.pool = pool
         self.adapters = list(dict.fromkeys(adapters or []))
         self.allow_any = allow_any
@@ -40,6 +50,9 @@ class ServerContext:
         self.base_name = base_name or pool.base
         if self.base_name in self.adapters:
             raise ConfigError(f"adapter {self.base_name!r} has the same name as the base; rename one")
+        if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
+            raise ConfigError(f"max_body must be a positive number of bytes, got {max_body!r}")
+        self.max_body = max_body
         self.created = int(time.time())
 
     def model_ids(self) -> list[str]:
@@ -54,10 +67,26 @@ class ServerContext:
         """
         if model == self.base_name:
             return None
-        if model in self.adapters or self.allow_any:
+        if self.is_listed(model) or (self.allow_any and is_hub_id(model, existing_path_wins=True)):
             return model
-        raise model_not_found(model, f"The model '{model}' does not exist. This server has: "
-                                     f"{', '.join(self.model_ids())}.")
+        raise self.unknown(model)
+
+    def is_listed(self, model: str) -> bool:
+        """Whether ``model`` was named when the server started (the base or a listed adapter)."""
+        return model == self.base_name or model in self.adapters
+
+    def unknown(self, model: str) -> APIError:
+        """The one answer for every model this server will not serve: a path, a name it does not
+        list, a Hub id it cannot pull. One wording for all, so the answer reveals nothing about
+        the server's disk (which folders exist) or why a pull failed."""
+        return model_not_found(model, f"The model '{model}' does not exist or is not served here. "
+                                      f"This server lists: {', '.join(self.model_ids())}.")
+
+    def health(self) -> dict:
+        """``/health``'s answer: Hub ids as they are, local folders only as ``"<local>"`` (a
+        folder's path says too much about the server's disk)."""
+        return {"status": "ok", "base": _public(self.base_name),
+                "loaded": [_public(name) for name in self.pool.adapters]}
 
     def authorized(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header value lets the caller in."""
@@ -65,6 +94,10 @@ class ServerContext:
             return True
         # Constant-time, so the key cannot be guessed from response times.
         return secrets.compare_digest((authorization or "").encode(), f"Bearer {self.api_key}".encode())
+
+
+def _public(name: str) -> str:
+    return name if is_hub_id(name) else "<local>"
 
 
 def context_of(request: Request) -> ServerContext:

@@ -52,6 +52,24 @@ def model_not_found(model: str, message: str | None = None) -> APIError:
     return APIError(404, message or f"The model '{model}' does not exist.", param="model", code="model_not_found")
 
 
+def too_large(limit: int) -> APIError:
+    """A 413 for a body over the server's limit (``openai.APIStatusError`` with status 413)."""
+    return APIError(413, f"The request body is larger than this server accepts ({limit} bytes). Send a shorter "
+                         "request, or start the server with a larger --max-body.", code="request_too_large")
+
+
+def context_exceeded(context: int, prompt: int, completion: int | None) -> APIError:
+    """A 400 ``context_length_exceeded``, worded as OpenAI words it, for a prompt (and, when the
+    request set one, its ``max_tokens``) that does not fit the model's context."""
+    if completion is None:
+        asked = f"your messages resulted in {prompt} tokens"
+    else:
+        asked = f"you requested {prompt + completion} tokens ({prompt} in the messages, {completion} in the completion)"
+    return APIError(400, f"This model's maximum context length is {context} tokens. However, {asked}. "
+                         "Please reduce the length of the messages or completion.",
+                    param="messages", code="context_length_exceeded")
+
+
 def server_error(model: str, e: BaseException) -> APIError:
     """A 500 for a generation that failed."""
     return APIError(500, f"The model '{model}' could not answer: {e}", type="server_error")
@@ -115,8 +133,10 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    # The exception's text stays in the log: it can name files on the server's disk.
     log.exception("request failed")
-    return APIError(500, f"The server could not answer: {exc}", type="server_error").response()
+    return APIError(500, f"The server could not answer ({type(exc).__name__}); its log has the details.",
+                    type="server_error").response()
 
 
 def add_handlers(app: FastAPI) -> None:

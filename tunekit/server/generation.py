@@ -52,6 +52,32 @@ def finish_reason(new_ids: list[int], tokenizer, max_tokens: int, *, count: int 
     return "length" if count >= max_tokens and not ended else "stop"
 
 
+# Where configs keep the number of positions, by model family (Llama/Qwen, GPT-2, T5-style, …).
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(config, tokenizer) -> int | None:
+    """The most tokens, prompt and reply together, the model takes; None when nothing says.
+
+    Args:
+        config: the model's config (``model.config``); a ``text_config`` inside it counts.
+        tokenizer: its tokenizer, whose ``model_max_length`` is the fallback.
+    """
+    for cfg in (config, getattr(config, "text_config", None)):
+        for field in _CONTEXT_FIELDS:
+            value = getattr(cfg, field, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    # A tokenizer without a limit says so with a huge sentinel (int(1e30)).
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else None
+
+
+def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> int:
+    """How many tokens the chat-templated prompt (with the assistant turn opened) takes."""
+    return int(chatlib.encode_prompt(tokenizer, messages, "cpu")["input_ids"].shape[1])
+
+
 def _seed(seed: int | None) -> None:
     if seed is not None:
         import torch

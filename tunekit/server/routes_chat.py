@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -13,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from ..errors import HubError, ModelError, TunekitError
 from . import generation, streaming
 from .context import ServerContext, context_of
-from .errors import APIError, from_validation, model_not_found, server_error
+from .errors import APIError, context_exceeded, from_validation, model_not_found, server_error
 from .schemas import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Usage
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 
@@ -32,6 +35,8 @@ async def chat_completions(request: Request) -> dict | StreamingResponse:
     context = context_of(request)
     adapter = context.adapter_for(req.model)
     await run_in_threadpool(_pull, context, req.model, adapter)
+    # Checked before the reply starts: a stream that has begun can no longer answer 400.
+    req = await run_in_threadpool(_fit, context, adapter, req)
     ident = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if req.stream:
@@ -51,10 +56,37 @@ def _pull(context: ServerContext, model: str, adapter: str | None) -> None:
     try:
         context.pool.fetch(adapter)
     except HubError as e:
+        if not context.is_listed(model):
+            # A name a client brought: the same answer as for any name not served (see unknown()).
+            log.info("could not pull %r for a request: %s", model, e)
+            raise context.unknown(model) from e
         raise model_not_found(model, f"The model '{model}' could not be pulled: {e}") from e
     except ModelError as e:
         raise APIError(400, f"The model '{model}' cannot be served over {context.base_name}: {e}",
                        param="model", code="model_not_supported") from e
+
+
+def _fit(context: ServerContext, adapter: str | None, req: ChatCompletionRequest) -> ChatCompletionRequest:
+    """The request, its reply limit fitted to the model's context.
+
+    A prompt that fills the context, or one that does not leave room for the ``max_tokens`` the
+    request set, is refused as OpenAI refuses it; an unset ``max_tokens`` shrinks to the room left.
+
+    Raises:
+        APIError: 400 ``context_length_exceeded``.
+    """
+    tokenizer = context.pool.tokenizer_for(adapter)
+    limit = generation.context_length(context.pool.model.config, tokenizer)
+    if limit is None:
+        return req
+    prompt = generation.prompt_tokens(tokenizer, req.chat_messages())
+    if prompt >= limit:
+        raise context_exceeded(limit, prompt, req.max_new_tokens if req.max_tokens_given else None)
+    if prompt + req.max_new_tokens <= limit:
+        return req
+    if req.max_tokens_given:
+        raise context_exceeded(limit, prompt, req.max_new_tokens)
+    return req.model_copy(update={"max_tokens": limit - prompt})
 
 
 def _complete(context: ServerContext, adapter: str | None, req: ChatCompletionRequest) -> generation.Reply:

@@ -18,6 +18,8 @@ DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_LIMIT = 8192  # a request asking for more is refused rather than hogging the model
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default; 0 is greedy
 DEFAULT_TOP_P = 1.0
+# The seeds torch.manual_seed takes; a larger one is the client's error, not the server's.
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -82,7 +84,7 @@ class ChatCompletionRequest(_Request):
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -104,6 +106,11 @@ class ChatCompletionRequest(_Request):
         if value not in (None, [], ""):
             raise PydanticCustomError("unsupported_parameter", "Stop sequences are not supported by this server.")
         return value
+
+    @property
+    def max_tokens_given(self) -> bool:
+        """Whether the request set ``max_tokens`` (or ``max_completion_tokens``) itself."""
+        return self.max_tokens is not None
 
     @property
     def max_new_tokens(self) -> int:

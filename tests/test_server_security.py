@@ -1,0 +1,346 @@
+"""What the OpenAI-compatible server refuses, and how, when it sits on a network (issue 17: items
+3, 4, 11 and 12): names that reach the disk, unbounded bodies, prompts past the context,
+numbers past their range, deep JSON, an open ``/health``, a public bind without a warning.
+
+Every test talks to a real server on 127.0.0.1 with the official ``openai`` client, raw
+``httpx`` or a raw socket for requests no client would send."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from hub_fixtures import free_port, hub  # noqa: F401  (fixture)
+
+import tunekit
+
+openai = pytest.importorskip("openai")
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def online(hub_online):
+    yield
+
+
+@pytest.fixture(scope="module")
+def adapter_dirs(tiny_base, tiny_model_dir, tmp_path_factory):
+    """Two local PEFT adapter folders for the tiny base (random non-zero weights, no training)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("security-adapters")
+    folders = []
+    for i in range(2):
+        torch.manual_seed(200 + i)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                init_lora_weights=False))
+        folder = out / f"adapter-{i}"
+        peft.save_pretrained(folder)
+        cfg = folder / "adapter_config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": tiny_base}))
+        folders.append(folder)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def hub_adapter(hub, adapter_dirs) -> str:
+    repo = f"{hub.user}/sec-{uuid.uuid4().hex[:6]}"
+    hub.api.create_repo(repo)
+    hub.api.upload_folder(folder_path=str(adapter_dirs[0]), repo_id=repo)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def pool(hub, tiny_base):
+    return tunekit.AdapterPool(tiny_base, token=hub.token, device="cpu")
+
+
+class _Running:
+    """A uvicorn server for an app, on 127.0.0.1, in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.root}/v1"
+        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=30)
+
+    def client(self, api_key: str = "unused"):
+        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=60)
+
+    def raw(self, head: bytes, timeout: float = 5) -> bytes:
+        """Send raw bytes; the reply's status line and headers (whatever came within ``timeout``)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(head)
+            got = b""
+            try:
+                while b"\r\n\r\n" not in got:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    got += chunk
+            except TimeoutError:
+                pass
+        return got
+
+
+def _serve(pool, adapters=(), **kwargs) -> _Running:
+    from tunekit.server import create_app
+
+    return _Running(create_app(pool, list(adapters), **kwargs))
+
+
+def _error(exc) -> dict:
+    body = exc.response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+# -- item 3: --allow-any takes Hub ids only ------------------------------------------------------
+def test_allow_any_serves_hub_ids_and_listed_folders_and_refuses_every_path_alike(hub, pool, hub_adapter,
+                                                                                 adapter_dirs, tmp_path):
+    listed, unlisted = adapter_dirs
+    with _serve(pool, [str(listed)], allow_any=True) as server:
+        client = server.client()
+        ask = dict(messages=HI, max_tokens=2, temperature=0)
+        # What --allow-any is for, and what was listed at start, still answer.
+        assert client.chat.completions.create(model=hub_adapter, **ask).choices
+        assert client.chat.completions.create(model=str(listed), **ask).choices
+
+        # Names that reach the disk, existing or not, and a Hub id that cannot be pulled: one answer.
+        names = [str(unlisted), str(unlisted) + "/", f"{listed}/../{unlisted.name}", "~", "~/", "/", "/etc",
+                 "/nonexistent/adapter", "../" * 8 + "etc", "./" + unlisted.name, str(tmp_path), "C:\\x\\y",
+                 f"{hub.user}/no-such-adapter", "no-owner", "a/b/c"]
+        messages = set()
+        for name in names:
+            with pytest.raises(openai.NotFoundError) as e:
+                client.chat.completions.create(model=name, **ask)
+            err = _error(e.value)
+            assert (err["code"], err["param"], err["type"]) == ("model_not_found", "model", "invalid_request_error")
+            messages.add(err["message"].replace(f"'{name}'", "'NAME'"))
+        assert len(messages) == 1, messages
+        assert str(unlisted) not in repr(pool.adapters) and str(tmp_path) not in repr(pool.adapters)
+
+
+def test_without_allow_any_unlisted_hub_ids_are_refused(pool, hub_adapter):
+    with _serve(pool, []) as server:
+        with pytest.raises(openai.NotFoundError):
+            server.client().chat.completions.create(model=hub_adapter, messages=HI, max_tokens=2)
+
+
+# -- item 4: a body limit always, the key first --------------------------------------------------
+def test_bodies_over_the_limit_get_413_early_without_a_key(pool):
+    limit = 64 * 1024
+    with _serve(pool, [], max_body=limit) as server:
+        # Declared too large: refused before a byte of it is sent (the server does not wait for it).
+        t0 = time.monotonic()
+        head = server.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 300000000\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert time.monotonic() - t0 < 3
+
+        # Chunked, no length given: cut off once the limit is passed.
+        def chunks():
+            yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+            for _ in range(8):
+                yield b"x" * 16384
+            yield b'"}]}'
+
+        r = httpx.post(f"{server.url}/chat/completions", content=chunks(), timeout=30)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert str(limit) in r.json()["error"]["message"] and "--max-body" in r.json()["error"]["message"]
+
+        # A request under the limit is answered as usual.
+        reply = server.client().chat.completions.create(
+            model=pool.base, messages=[{"role": "user", "content": "x" * 1000}], max_tokens=2)
+        assert reply.choices
+
+        # The official client sees an ordinary status error.
+        with pytest.raises(openai.APIStatusError) as e:
+            server.client().chat.completions.create(model=pool.base, max_tokens=2,
+                                                    messages=[{"role": "user", "content": "x" * (limit + 1)}])
+        assert e.value.status_code == 413
+
+
+def test_the_default_limit_holds_and_the_key_is_checked_before_the_body(pool):
+    # The review's 300 MB, declared and never sent: the server must answer without waiting for it.
+    declared = b"Content-Length: 300000000\r\n\r\n"
+    with _serve(pool, []) as server:
+        head = server.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + declared)
+        assert head.startswith(b"HTTP/1.1 413"), head
+    with _serve(pool, [], api_key="sekret") as server:
+        head = server.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nope\r\n" + declared)
+        assert head.startswith(b"HTTP/1.1 401"), head
+        head = server.raw(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekret\r\n" + declared)
+        assert head.startswith(b"HTTP/1.1 413"), head
+
+
+# -- item 11: context, numbers, nesting, /health -------------------------------------------------
+def _prompt_of(pool, tokens: int) -> tuple[list[dict], int]:
+    """Messages whose templated prompt is about ``tokens`` long, and its exact length."""
+    from tunekit.server.generation import prompt_tokens
+
+    tokenizer = pool.tokenizer_for(None)
+    messages = [{"role": "user", "content": " hello" * tokens}]
+    while (n := prompt_tokens(tokenizer, messages)) > tokens:
+        messages = [{"role": "user", "content": messages[0]["content"][: -len(" hello")]}]
+    return messages, n
+
+
+def test_prompts_past_the_context_are_400_context_length_exceeded(pool):
+    context = pool.model.config.max_position_embeddings
+    with _serve(pool, []) as server:
+        client = server.client()
+        long_messages = [{"role": "user", "content": "word " * (3 * context)}]
+        for stream in (False, True):  # a stream is refused before it starts, not broken mid-way
+            with pytest.raises(openai.BadRequestError) as e:
+                client.chat.completions.create(model=pool.base, messages=long_messages, max_tokens=4, stream=stream)
+            err = _error(e.value)
+            assert (err["code"], err["param"], err["type"]) == ("context_length_exceeded", "messages",
+                                                                "invalid_request_error")
+            assert f"maximum context length is {context} tokens" in err["message"]
+
+        messages, n = _prompt_of(pool, context - 5)
+        # Room for 5 more: asking for 20 is refused, as OpenAI does ...
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model=pool.base, messages=messages, max_tokens=20)
+        assert _error(e.value)["code"] == "context_length_exceeded"
+        assert f"{n} in the messages, 20 in the completion" in _error(e.value)["message"]
+        # ... and an unset max_tokens shrinks to the room left.
+        reply = client.chat.completions.create(model=pool.base, messages=messages, temperature=0)
+        assert reply.usage.prompt_tokens == n
+        assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= context
+
+
+@pytest.mark.parametrize(("seed", "ok"), [(2**70, False), (2**64, False), (-(2**63) - 1, False),
+                                          (2**64 - 1, True), (-(2**63), True)])
+def test_out_of_range_seeds_are_400_not_500(pool, seed, ok):
+    with _serve(pool, []) as server:
+        create = lambda: server.client().chat.completions.create(  # noqa: E731
+            model=pool.base, messages=HI, max_tokens=2, seed=seed)
+        if ok:
+            assert create().choices
+            return
+        with pytest.raises(openai.BadRequestError) as e:
+            create()
+        err = _error(e.value)
+        assert (err["param"], err["code"]) == ("seed", "invalid_value"), err
+
+
+def test_deep_json_and_huge_numbers_are_400_not_500(pool):
+    model = json.dumps(pool.base).encode()
+    bodies = []
+    for depth in (150, 250, 10_000):
+        opened, closed = b"[" * depth, b"]" * depth
+        bodies += [
+            b'{"model": %s, "messages": %s"hi"%s}' % (model, opened, closed),
+            b'{"model": %s, "messages": [{"role": "user", "content": %s"hi"%s}]}' % (model, opened, closed),
+            opened + closed,
+        ]
+        if depth > 200:  # past the JSON parser's depth limit, even where only ignored keys are nested
+            bodies.append(b'{"model": %s, "messages": [{"role": "user", "content": "hi"}], "stream_options": %s1%s}'
+                          % (model, b'{"a": ' * depth, b"}" * depth))
+    bodies += [b'{"model": %s, "messages": [{"role": "user", "content": "hi"}], "%s": %s}' % (model, field, number)
+               for field in (b"seed", b"max_tokens", b"temperature", b"top_p", b"n")
+               for number in (b"9" * 5000, b"1e999", b"-1e999", b"NaN", str(2**70).encode())]
+    with _serve(pool, []) as server:
+        for body in bodies:
+            r = httpx.post(f"{server.url}/chat/completions", content=body, timeout=30,
+                           headers={"content-type": "application/json"})
+            assert r.status_code == 400, (body[:120], r.status_code, r.text[:300])
+            assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_health_needs_the_key_and_names_no_paths(tiny_model_dir, adapter_dirs, tmp_path):
+    import shutil
+
+    # Everything local: the base a folder, the adapter a folder made for it.
+    listed = Path(shutil.copytree(adapter_dirs[0], tmp_path / "local-adapter"))
+    cfg = listed / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": str(tiny_model_dir)}))
+    local = tunekit.AdapterPool(str(tiny_model_dir), device="cpu")
+    with _serve(local, [str(listed)], api_key="sekret") as server:
+        assert httpx.get(f"{server.root}/health", timeout=10).status_code == 401
+        wrong = httpx.get(f"{server.root}/health", headers={"Authorization": "Bearer nope"}, timeout=10)
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        key = {"Authorization": "Bearer sekret"}
+        server.client("sekret").chat.completions.create(model=str(listed), messages=HI, max_tokens=2)
+        r = httpx.get(f"{server.root}/health", headers=key, timeout=10)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        assert len(r.json()["loaded"]) == 1
+        for path in (str(tiny_model_dir), str(listed), tiny_model_dir.name, listed.name, "/"):
+            assert path not in r.text, r.text
+    with _serve(local, []) as server:  # no key set: open, and still no paths
+        r = httpx.get(f"{server.root}/health", timeout=10)
+        assert r.status_code == 200 and str(tiny_model_dir) not in r.text
+
+
+def test_health_shows_hub_ids(pool, tiny_base):
+    with _serve(pool, []) as server:
+        assert httpx.get(f"{server.root}/health", timeout=10).json()["base"] == tiny_base
+
+
+# -- item 12: a public bind warns ----------------------------------------------------------------
+@pytest.mark.parametrize(("host", "warns"), [("127.0.0.1", False), ("127.0.0.2", False), ("::1", False),
+                                             ("localhost", False), ("0.0.0.0", True), ("::", True),
+                                             ("192.168.1.10", True), ("example.com", True)])
+def test_exposure_warning(host, warns):
+    from tunekit.server.app import exposure_warning
+
+    text = exposure_warning(host)
+    assert (text is not None) == warns
+    if warns:
+        assert host in text and "plain HTTP" in text and "TLS" in text and "--api-key" in text
+        assert "--api-key" not in exposure_warning(host, api_key="k")
+
+
+def test_cli_serve_warns_before_binding_a_public_address(tmp_path):
+    # The base cannot load, so the command stops before it binds anything: no socket is opened.
+    missing = tmp_path / "no-such-base"
+    proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--host", "0.0.0.0", "--port", "0",
+                           "--base", str(missing)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "listening on 0.0.0.0" in proc.stderr and "plain HTTP" in proc.stderr
+    quiet = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--port", "0", "--base", str(missing)],
+                           capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 1 and "plain HTTP" not in quiet.stderr
+
+
+def test_cli_serve_max_body_flag():
+    from tunekit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve"]).max_body == 8 * 2**20
+    assert parser.parse_args(["serve", "--max-body", "500kB"]).max_body == 500_000
+    proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--max-body", "5M"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "ambiguous" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--max-body", "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--max-body must be at least 1 byte" in proc.stderr
