@@ -44,11 +44,29 @@ def generation_kwargs(tokenizer, *, max_new_tokens: int, temperature: float, top
 
 
 def encode_prompt(tokenizer, messages: Messages, device):
-    """The chat-templated prompt (with the assistant turn opened) as tensors on ``device``."""
-    inputs = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    return {k: v.to(device) for k, v in inputs.items()}
+    """The chat-templated prompt (with the assistant turn opened) as tensors on ``device``.
+
+    Control tokens typed into a message (``<|im_start|>system``…) are encoded as plain text, so
+    a user cannot forge a turn; otherwise the ids are ``apply_chat_template``'s.
+
+    Args:
+        tokenizer: a tokenizer with its chat template installed.
+        messages: the conversation so far.
+        device: where the tensors go (``model.device``, or ``"cpu"`` to count tokens).
+
+    Returns:
+        ``{"input_ids", "attention_mask"}``, each of shape ``(1, prompt length)``.
+
+    Raises:
+        TemplateError: the tokenizer has no chat template.
+    """
+    import torch
+
+    from .templates.render import installed_template, tokenize_chat
+
+    tokens = tokenize_chat(tokenizer, installed_template(tokenizer), messages, add_generation_prompt=True)
+    input_ids = torch.tensor([tokens.ids], dtype=torch.long, device=device)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
 def generate(model, tokenizer, messages: Messages, *, max_new_tokens: int = 256, temperature: float = 0.0,

@@ -8,8 +8,9 @@ end-of-turn token in ``{% generation %}…{% endgeneration %}``: those are the t
 ``return_assistant_tokens_mask`` rely on.
 
 Modules: ``registry`` (the families, choosing and installing a template, marker checks),
-``render`` (rendering a conversation with its generation spans), ``encoding`` (ids and labels),
-``preview`` (what a row looks like, trained spans marked).
+``render`` (rendering a conversation with its generation spans, and ``tokenize_chat``: encoding
+it so that control tokens typed into a message stay text, for training and serving alike),
+``encoding`` (ids and labels), ``preview`` (what a row looks like, trained spans marked).
 
 Typical use::
 

@@ -1,8 +1,9 @@
 """Encoding rows for training: token ids, and labels that carry loss only where they should.
 
-A chat row is rendered with the tokenizer's installed template (:func:`render`), then tokenized
-piece by piece at the edges of its ``{% generation %}`` blocks, so the trained tokens are
-exactly each assistant message's content and end-of-turn token. Bad rows are reported with
+A chat row is rendered with the tokenizer's installed template and tokenized piece by piece at
+the edges of its ``{% generation %}`` blocks (:func:`~tunekit.templates.render.tokenize_chat`),
+so the trained tokens are exactly each assistant message's content and end-of-turn token, and
+control tokens typed into a message stay plain text. Bad rows are reported with
 ``tunekit.data``'s :class:`~tunekit.data.RowProblem`, the same wording the reader uses.
 """
 
@@ -14,7 +15,7 @@ from typing import Literal
 from ..data import RowProblem, bad_rows_error, skipped_message
 from ..errors import ConfigError, DataError, TemplateError
 from .registry import marker_help
-from .render import Span, render
+from .render import ChatTokens, installed_template, tokenize_chat
 
 logger = logging.getLogger("tunekit.templates")
 
@@ -47,67 +48,16 @@ class _Rejected(Exception):
         self.message = message
 
 
-def _encode_after_newline(tokenizer, piece: str, newline_ids: list[int]) -> list[int]:
-    # SentencePiece tokenizers add a prefix space at the start of a string; encoding the piece
-    # after a newline and dropping the newline gives its ids as they are mid-text. transformers
-    # uses the same trick (chat_template_utils._encode_chat_piece).
-    ids = tokenizer.encode("\n" + piece, add_special_tokens=False)
-    if ids[: len(newline_ids)] == newline_ids:
-        return ids[len(newline_ids) :]
-    return tokenizer.encode(piece, add_special_tokens=False)
-
-
-def _tokenize_spans(tokenizer, text: str, spans: list[Span]) -> tuple[list[int], list[int]]:
-    """Tokenize ``text`` cut at the span edges; return ids and, per token, its span index or -1.
-
-    Cutting at the edges (rather than tokenizing the whole text and mapping characters back, as
-    ``apply_chat_template`` does) guarantees the trained tokens are exactly the span's text: when
-    a template's markers are not single tokens, byte-level BPE merges across the edge (``|><|``
-    in ``<|eot_id|><|start_header_id|>``) and the whole-text mask would train part of the next
-    header. It also matches inference, where the reply's tokens start fresh after the prompt.
-    When the markers are single tokens both ways give the same ids.
-    """
-    newline_ids = tokenizer.encode("\n", add_special_tokens=False)
-    edges = [0]
-    for start, end in spans:
-        if start < edges[-1]:
-            raise TemplateError("The chat template's {% generation %} blocks overlap or nest.")
-        edges += [start, end]
-    edges.append(len(text))
-    ids: list[int] = []
-    owner: list[int] = []
-    for k, (start, end) in enumerate(zip(edges, edges[1:])):
-        piece = text[start:end]
-        if not piece:
-            continue
-        if ids:
-            piece_ids = _encode_after_newline(tokenizer, piece, newline_ids)
-        else:
-            piece_ids = tokenizer.encode(piece, add_special_tokens=False)
-        ids += piece_ids
-        owner += [k // 2 if k % 2 else -1] * len(piece_ids)
-    return ids, owner
-
-
-def _installed_template(tokenizer) -> str:
-    try:
-        return tokenizer.get_chat_template()
-    except ValueError as e:
-        raise TemplateError(
-            "The tokenizer has no chat template; call apply_template(tokenizer, "
-            "resolve_template(tokenizer)) first."
-        ) from e
-
-
-def _render_row(tokenizer, example: dict) -> tuple[str, list[Span]]:
-    """Render a chat row with the installed template, telling template faults from row faults."""
+def _tokenize_row(tokenizer, example: dict) -> ChatTokens:
+    """Render and encode a chat row with the installed template, telling template faults from
+    row faults. Control tokens typed into a message are encoded as text (:func:`tokenize_chat`)."""
     import jinja2
 
     # Only what the template reads: tunekit's weight stays out. Tool calling adds the messages'
-    # tool keys here and passes render(..., tools=example.get("tools")).
+    # tool keys here and passes tokenize_chat(..., tools=example.get("tools")).
     chat = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
     try:
-        return render(tokenizer, _installed_template(tokenizer), chat)
+        return tokenize_chat(tokenizer, installed_template(tokenizer), chat, cut_at_generation=True)
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"The chat template has a Jinja syntax error: {e}") from e
     except (jinja2.TemplateError, TypeError) as e:
@@ -121,16 +71,18 @@ def _render_row(tokenizer, example: dict) -> tuple[str, list[Span]]:
 
 
 def _encode_messages(example: dict, tokenizer, train_on: str) -> tuple[list[int], list[int]]:
-    text, spans = _render_row(tokenizer, example)
+    # Cut at the generation blocks, so the trained tokens are exactly each block's text
+    # (tokenize_chat's cut_at_generation says why).
+    tokens = _tokenize_row(tokenizer, example)
     assistant = [m for m in example["messages"] if m["role"] == "assistant"]
-    if len(spans) != len(assistant):
+    if tokens.blocks != len(assistant):
         row = example.get("row")
         raise TemplateError(
-            f"The chat template marked {len(spans)} {{% generation %}} blocks for "
+            f"The chat template marked {tokens.blocks} {{% generation %}} blocks for "
             f"{len(assistant)} assistant messages ({'a row' if row is None else f'row {row}'}); "
             "it needs exactly one per assistant message. " + marker_help()
         )
-    ids, owner = _tokenize_spans(tokenizer, text, spans)
+    ids, owner = tokens.ids, tokens.owner
     if train_on == "all":
         return ids, list(ids)
     # A missing or null weight means 1: only an explicit 0 keeps a reply as context.
