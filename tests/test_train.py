@@ -61,6 +61,42 @@ def test_existing_output_dir_is_never_overwritten(tiny_model_dir, chat_rows, tmp
     assert (out / "precious.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("resume", [False, True], ids=["new", "resume"])
+@pytest.mark.parametrize("under", [False, True], ids=["the-file", "inside-it"])
+def test_an_output_dir_that_is_a_file_is_a_config_error(resume, under, tiny_model_dir, chat_rows, tmp_path):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("keep me")
+    out = taken / "run" if under else taken
+    with pytest.raises(ConfigError) as err:
+        tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(out), resume=resume, **FAST)
+    msg = str(err.value)
+    assert str(out) in msg and "not a folder" in msg
+    assert ("inside" in msg) == under
+    assert taken.read_text() == "keep me"
+
+
+def test_resume_on_a_folder_that_is_not_a_run_changes_nothing(tiny_model_dir, chat_rows, tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    mine = {"README.md": "# my project\n", "metrics.json": '{"mine": 1}'}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    with pytest.raises(ConfigError) as err:
+        tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(out), resume=True, **FAST)
+    msg = str(err.value)
+    assert str(out) in msg and "not a tunekit run" in msg
+    assert "tunekit.json" in msg and "checkpoints/" in msg  # what a run folder would hold
+    assert "README.md, metrics.json" in msg
+    assert sorted(p.name for p in out.iterdir()) == sorted(mine)
+    assert all((out / name).read_text() == text for name, text in mine.items())
+
+
+def test_resume_on_an_empty_or_missing_folder_starts_the_run(tiny_model_dir, chat_rows, tmp_path):
+    out = tmp_path / "new"
+    result = tunekit.finetune(chat_rows, base=str(tiny_model_dir), output_dir=str(out), resume=True, **FAST)
+    assert (out / "tunekit.json").is_file() and result.metrics["steps"] == 3
+
+
 def test_bad_rows_stop_training_before_any_model_loads(tmp_path, tiny_model_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')

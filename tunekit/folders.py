@@ -39,14 +39,70 @@ def check_new(path: str | os.PathLike, *, what: str = "output_dir", resume_hint:
     """``path`` as a Path, when it does not exist or is an empty folder.
 
     Raises:
-        ConfigError: it exists and is not empty (or is a file): tunekit never overwrites.
+        ConfigError: it exists and is not empty, or it (or a folder above it) is a file:
+            tunekit never overwrites.
     """
     out = Path(path).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    _check_not_a_file(out, what)
+    if out.exists() and any(out.iterdir()):
         fix = "Pass resume=True to continue it, or choose another" if resume_hint else "Choose another"
         raise ConfigError(f"{what} {out} already exists and is not empty; tunekit never overwrites it. "
                           f"{fix} {what}.")
     return out
+
+
+def check_resumable(path: str | os.PathLike, *, record: str, work: str, what: str = "output_dir") -> Path:
+    """``path`` as a Path, when a run may be resumed (or started) in it: it is missing or empty,
+    holds the run record ``record`` (a finished run), or a non-empty ``work`` folder (the
+    checkpoints a run writes while it trains).
+
+    A folder that holds other things is the user's, not a run: resuming in it would write the
+    run's card and records over files of the same names.
+
+    Raises:
+        ConfigError: it (or a folder above it) is a file, or it holds things but no run.
+    """
+    out = Path(path).expanduser()
+    _check_not_a_file(out, what)
+    if not out.exists() or (out / record).is_file():
+        return out
+    work_dir = out / work
+    if work_dir.is_dir() and any(work_dir.iterdir()):
+        return out
+    others = sorted(p.name for p in out.iterdir() if p != work_dir)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ConfigError(f"{what} {out} is not a tunekit run, so resume=True cannot continue it: it has no "
+                          f"{record} and no {work}/ folder, and holds {shown}. Nothing was changed. Pass the "
+                          f"folder of the run to resume, or drop resume=True and choose a new {what}.")
+    return out
+
+
+def make_dir(path: str | os.PathLike, *, what: str = "output_dir") -> Path:
+    """Create the folder ``path`` (and the folders above it) if missing.
+
+    Raises:
+        ConfigError: it (or a folder above it) is a file, or it cannot be created.
+    """
+    out = Path(path).expanduser()
+    _check_not_a_file(out, what)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {what} {out}: {e.strerror or e}. Choose a folder you can "
+                          f"write to.") from e
+    return out
+
+
+def _check_not_a_file(out: Path, what: str) -> None:
+    # The nearest part of the path that exists must be a folder; `Path.exists` is False for
+    # anything under a file, so a file further up is found by walking up to what does exist.
+    for part in (out, *out.parents):
+        if part.exists() or part.is_symlink():
+            if not part.is_dir():
+                where = "is a file" if part == out else f"is inside {part}, which is a file"
+                raise ConfigError(f"{what} {out} {where}, not a folder. Choose a folder for {what}.")
+            return
 
 
 def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:

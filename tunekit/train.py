@@ -16,15 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import card, data as data_module, methods, models, templates
+from . import card, checkpoints, data as data_module, methods, models, templates
 from .plan import Plan, build as build_plan
 from .errors import TrainingError
-from .folders import check_new, fresh_dir, run_name
+from .folders import check_new, check_resumable, fresh_dir, make_dir, run_name
 from .options import Options, renamed
 from .placement import placement
 from .record import DataInfo, Metrics, RunInfo, TemplateInfo
 
 log = logging.getLogger(__name__)
+
+RUN_RECORD = "tunekit.json"  # record.RunInfo's file: a finished run
+CHECKPOINTS = "checkpoints"  # the Trainer's folder inside the run: a run under way
 
 _DATA_ALIASES = {"data_source": "data"}  # renamed in 0.2: one name for the data everywhere
 
@@ -220,19 +223,21 @@ def output_dir(opts: Options) -> Path:
     """The run's folder, created: ``output_dir``, or a new ``runs/<base>-<method>-<time>``.
 
     Raises:
-        ConfigError: ``output_dir`` holds something and ``resume`` is off (tunekit never
-            overwrites a run).
+        ConfigError: ``output_dir`` is a file or cannot be created; it holds something and
+            ``resume`` is off (tunekit never overwrites a run); ``resume`` is on and it holds
+            things but no run (resuming would write the run's card and records over them).
     """
     if opts.output_dir:
         out = Path(opts.output_dir).expanduser()
+        if opts.resume:
+            check_resumable(out, record=RUN_RECORD, work=CHECKPOINTS)
         # Only the main process checks: in a multi-process run the others may look after it
         # has started writing checkpoints there.
-        if not opts.resume and os.environ.get("RANK", "0") == "0":
+        elif os.environ.get("RANK", "0") == "0":
             check_new(out, resume_hint=True)
     else:
         out = fresh_dir(run_name(opts.base or models.EMBEDDED_ID, opts.method))
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return make_dir(out)
 
 
 # -- stage 3: model --------------------------------------------------------------------------------
@@ -302,7 +307,7 @@ def sft_arguments(run_plan: Plan, out: Path, *, has_eval: bool) -> dict[str, Any
     opts, where = run_plan.options, run_plan.placement
     eval_steps = run_plan.eval_steps
     return dict(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(out / CHECKPOINTS),
         num_train_epochs=opts.epochs,
         per_device_train_batch_size=run_plan.rows_per_forward,
         # Evaluation keeps no activations (and its loss goes by chunks), so twice the rows per
@@ -354,9 +359,7 @@ def train_and_save(trainer, prepared: PreparedData, run_plan: Plan, out: Path, *
     from .result import TuneResult
 
     opts = run_plan.options
-    resume_from = _last_checkpoint(out) if opts.resume else None
-    if opts.resume and resume_from is None:
-        log.warning("resume=True but %s has no checkpoint yet; starting from the beginning", out)
+    resume_from = resume_point(out, main=trainer.is_world_process_zero()) if opts.resume else None
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     wall = time.perf_counter() - start
@@ -507,14 +510,23 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def _last_checkpoint(out: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def resume_point(out: Path, *, main: bool = True) -> Path | None:
+    """The checkpoint a resumed run starts from: the newest complete one under
+    ``out/checkpoints``, or None (start from the beginning) when there is none.
 
-    folder = out / "checkpoints"
-    if not folder.is_dir():
-        return None
-    last = get_last_checkpoint(str(folder))
-    return Path(last) if last else None
+    The main process deletes the incomplete checkpoints newer than it (a run killed while
+    saving leaves one), so the resumed run never writes into a half-written folder.
+    """
+    folder = out / CHECKPOINTS
+    resume_from = checkpoints.last_complete(folder)
+    if main:
+        for gone in checkpoints.discard_after(folder, resume_from):
+            log.warning("deleted %s: it was not completely written", gone)
+    if resume_from is None:
+        log.warning("resume=True but %s has no complete checkpoint yet; starting from the beginning", out)
+    else:
+        log.info("resuming from %s", resume_from)
+    return resume_from
 
 
 def _fix_adapter_base_name(out: Path, name: str) -> None:
