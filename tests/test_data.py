@@ -461,3 +461,58 @@ def test_split_small_data_never_empties_train():
 def test_split_rejects_invalid_eval_split(bad):
     with pytest.raises(ConfigError, match="eval_split must be"):
         split_examples([{"text": "a"}] * 10, bad)
+
+
+# ---------------------------------------------------------------- hostile rows (issue 17, item 10)
+
+GOOD_LINE = json.dumps({"messages": CHAT})
+# A lone high surrogate: valid JSON, a valid Python str, but not text (UTF-8 cannot encode it).
+SURROGATE_LINE = '{"messages": [{"role": "user", "content": "half an emoji \\ud83d"}, ' \
+                 '{"role": "assistant", "content": "ok"}]}'
+DEEP_LINE = '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def _hostile_file(tmp_path: Path) -> Path:
+    path = tmp_path / "hostile.jsonl"
+    path.write_text("\n".join([GOOD_LINE, SURROGATE_LINE, GOOD_LINE, DEEP_LINE, GOOD_LINE]) + "\n")
+    return path
+
+
+def test_a_lone_surrogate_is_a_data_error_naming_file_row_and_field(tmp_path):
+    path = _hostile_file(tmp_path)
+    with pytest.raises(DataError) as err:
+        read_examples(str(path))
+    assert (err.value.path, err.value.row, err.value.field) == (str(path), 2, "messages[0].content")
+    assert "surrogate" in str(err.value) and "'\\ud83d' at character 14" in str(err.value)
+    # The row reads in every other way too: a list of dicts, and the row's own system field.
+    rows = [{"messages": CHAT, "system": "be kind \udc00"}, {"text": "fine"}]
+    with pytest.raises(DataError, match="surrogate") as err:
+        read_examples([rows[0]])
+    assert (err.value.row, err.value.field) == (1, "system")
+
+
+def test_a_deeply_nested_line_is_a_data_error_for_that_line_not_a_recursion_error(tmp_path):
+    path = _hostile_file(tmp_path)
+    with pytest.raises(DataError) as err:
+        read_examples(str(path))
+    assert f"{path}, line 4: nested too deeply" in str(err.value)
+    assert "3 of 5" not in str(err.value) and "2 of 5 rows cannot be used" in str(err.value)
+    whole = tmp_path / "deep.json"
+    whole.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="nested too deeply") as err:
+        read_examples(str(whole))
+    assert err.value.path == str(whole)
+    # Nesting that json accepts but a plain repr would not is still quoted safely.
+    deep_value = json.loads("[" * 900 + "]" * 900)
+    with pytest.raises(DataError, match="expected a string, got a list"):
+        read_examples([{"text": deep_value}])
+
+
+def test_hostile_rows_are_skipped_by_training_with_skip(tmp_path, tiny_model_dir):
+    import tunekit
+
+    path = _hostile_file(tmp_path)
+    result = tunekit.finetune(str(path), base=str(tiny_model_dir), output_dir=str(tmp_path / "out"),
+                              on_bad_rows="skip", eval_split=0, max_length=64, progress=False,
+                              training_args={"max_steps": 1})
+    assert result.metrics.skipped_rows == 2 and result.metrics.train_rows == 3

@@ -293,3 +293,38 @@ def test_push_checks_the_repo_id_and_uploads_only_safe_files(hub, pushed):
     assert "adapter_model.safetensors" in files and "tunekit.json" in files
     assert not [name for name in files if name.startswith("checkpoints/") or name.endswith((".bin", ".pt"))]
     assert hublib.local_folder(pushed["a"].output_dir) == (pushed["a"].output_dir, None)
+
+
+def test_a_cached_base_without_its_tokenizer_is_completed_from_the_hub(hub, tiny_model_dir, tmp_path):
+    """What a plain AutoModelForCausalLM.from_pretrained leaves in the cache (config and
+    weights, no tokenizer) must not make the base unusable for good (issue 17)."""
+    from huggingface_hub import hf_hub_download
+
+    from tunekit import models
+
+    base = f"{hub.user}/tiny-base-{uuid.uuid4().hex[:6]}"
+    hub.api.create_repo(base)
+    hub.api.upload_folder(folder_path=str(tiny_model_dir), repo_id=base)
+    for name in ("config.json", "model.safetensors"):
+        hf_hub_download(base, name, token=hub.token)
+    partial = Path(hf_hub_download(base, "config.json", token=hub.token)).parent
+    assert not (partial / "tokenizer_config.json").exists()
+    assert models.missing_parts(partial) == ["tokenizer (tokenizer.json, tokenizer_config.json or tokenizer.model)"]
+    # A plain PEFT adapter ships no tokenizer: chatting needs the base's.
+    loaded = tunekit.load(_upload(hub, _plain_adapter(tiny_model_dir, tmp_path / "a", base_name=base)))
+    assert isinstance(loaded.chat(PROMPT, **GEN), str)
+    resolved = models.resolve_base(base)
+    assert resolved.path == partial and not models.missing_parts(resolved.path)
+
+
+def test_missing_parts_of_a_sharded_snapshot(tmp_path):
+    from tunekit import models
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"")
+    assert models.missing_parts(tmp_path) == ["weights (model-00002-of-00002.safetensors)"]
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"")
+    assert models.missing_parts(tmp_path) == []

@@ -47,12 +47,15 @@ def rows_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pushed(hub, tiny_model_dir, rows_file, tmp_path_factory):
-    """A tiny LoRA run pushed twice (two adapters on one base), and a Space for both."""
+def pushed(hub, tiny_base, rows_file, tmp_path_factory):
+    """A tiny LoRA run over a Hub base pushed twice (two adapters on one base), and a Space for
+    both. The base is on the Hub, as a Space's must be: a pushed run names a local base only by
+    its folder's name (test_secrets.py covers that case)."""
     out = tmp_path_factory.mktemp("runs") / "adder"
-    result = tunekit.finetune(str(rows_file), base=str(tiny_model_dir), output_dir=str(out), eval_split=4,
-                              epochs=1, batch_size=4, grad_accum=1, max_length=128, progress=False)
-    with hub.client():
+    with hub.client(), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "0")
+        result = tunekit.finetune(str(rows_file), base=tiny_base, output_dir=str(out), eval_split=4,
+                                  epochs=1, batch_size=4, grad_accum=1, max_length=128, progress=False)
         result.push(SECOND)
         result.push(ADAPTER)
         url = result.push_space(SPACE, adapters=[SECOND])
@@ -87,7 +90,7 @@ def test_push_space_creates_a_gradio_space_repo(hub, pushed, rows_file):
     assert header["sdk"] == "gradio"
     assert header["sdk_version"] == gradio.__version__
     assert header["app_file"] == "app.py"
-    assert header["models"] == [ADAPTER, SECOND]  # the base is a local folder here, not a Hub id
+    assert header["models"] == [ADAPTER, SECOND, result.base]  # the base is a Hub id here
     assert header["license"] == "mit"  # inherited from the base's card
     assert f"tunekit space run {ADAPTER}" in readme
 

@@ -93,10 +93,12 @@ def render_card(run: RunInfo, metrics: Metrics, *, repo_id: str | None = None,
         endpoint: Hub address for links.
 
     Returns:
-        The card (``str(card)`` is the README text).
+        The card (``str(card)`` is the README text). It names a local base or data file by its
+        name, never by its path (:meth:`RunInfo.published`).
     """
     from huggingface_hub import ModelCard
 
+    run, metrics = run.published(), metrics.published()  # a card never shows local paths or secrets
     name = repo_id or f"{run.base.split('/')[-1]}-{run.method}"
     base_id = hub_base_id(run)
     example = ((run.example_prompts or ["Hello! What can you do?"])[0]

@@ -12,6 +12,7 @@ calls in (``TuneResult.push``, ``tunekit.load``).
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from .errors import HubError, hub_error
 from .hubid import is_hub_id
 from .models import MODEL_PATTERNS
-from .record import Metrics, RunInfo
+from .record import METRICS_FILE, RUN_FILE, Metrics, RunInfo, local_name
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,53 @@ def push_run(folder: str | os.PathLike, repo_id: str, *, run: RunInfo, metrics: 
     if run.adapter and not card.hub_base_id(run):
         log.warning("%s was trained on the local folder %s; whoever loads %s needs that base too: "
                     "tunekit.load(%r, base=...)", folder, run.base, repo_id, repo_id)
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+    rewritten = published_files(folder, run, metrics)
     if run.trained_here:
-        readme = str(card.render_card(run, metrics, repo_id=repo_id, endpoint=api.endpoint)).encode()
-        operations = [op for op in operations if op.path_in_repo != "README.md"]
-        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=readme))
+        rewritten["README.md"] = str(card.render_card(run, metrics, repo_id=repo_id, endpoint=api.endpoint)).encode()
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=rewritten.get(name, str(path)))
+                  for name, path in files.items()]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data)
+                   for name, data in rewritten.items() if name not in files]
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.create_commit(repo_id, operations=operations, repo_type="model",
-                                 commit_message=commit_message or f"tunekit: {run.method} fine-tune of {run.base}")
+                                 commit_message=commit_message or f"tunekit: {run.method} fine-tune of {run.published().base}")
     except (HFValidationError, HfHubHTTPError) as e:
         raise hub_error(e, repo_id=repo_id, action="pushing to", token=token) from e
     log.info("pushed %d files to %s (commit %s)", len(operations), url, info.oid)
     return str(url)
+
+
+def published_files(folder: str | os.PathLike, run: RunInfo, metrics: Metrics) -> dict[str, bytes]:
+    """The records a push uploads in place of the folder's own: ``tunekit.json`` and
+    ``metrics.json`` as :meth:`RunInfo.published` (secrets redacted, local paths reduced to
+    names) and ``adapter_config.json`` naming a local base by its folder's name. The folder's
+    files stay as they are: a local run reloads its base from the path.
+
+    Args:
+        folder: the run folder.
+        run: its record.
+        metrics: its metrics.
+
+    Returns:
+        ``{path in repo: content}`` for the files the folder holds.
+    """
+    folder = Path(folder)
+    out: dict[str, bytes] = {}
+    if (folder / RUN_FILE).exists():
+        out[RUN_FILE] = run.published().to_json().encode()
+    if (folder / METRICS_FILE).exists():
+        out[METRICS_FILE] = metrics.published().to_json().encode()
+    adapter_cfg = folder / "adapter_config.json"
+    if adapter_cfg.exists():
+        cfg = json.loads(adapter_cfg.read_text())
+        base = cfg.get("base_model_name_or_path")
+        if isinstance(base, str) and local_name(base) != base:
+            # PEFT's loaders take this as a Hub id or a folder; a path on this machine is
+            # neither anywhere else, and it names the user's home.
+            cfg["base_model_name_or_path"] = local_name(base)
+            out["adapter_config.json"] = (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode()
+    return out
 
 
 def files_to_push(folder: str | os.PathLike) -> dict[str, Path]:

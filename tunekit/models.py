@@ -102,18 +102,28 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
         raise ModelError(f"{repo_id!r} is neither a model folder nor a valid Hub repo id") from e
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError):
         path = None
-    if path is not None and not any(Path(path).glob("*.safetensors")):
-        # A partial snapshot (e.g. only config.json, cached by PEFT when it saved an adapter)
-        # is not a base: fetch the weights.
+    cached = path
+    if path is not None and missing_parts(Path(path)):
+        # A partial snapshot is not a base: only config.json (cached by PEFT when it saved an
+        # adapter), or config and weights without the tokenizer (left by a plain
+        # AutoModelForCausalLM.from_pretrained). Fetch the rest; trusting it would fail for good.
+        log.info("the cached %s lacks %s; fetching the rest", repo_id, ", ".join(missing_parts(Path(path))))
         path = None
     if path is None and hub_reachable():
         try:
             path = snapshot_download(repo_id, revision=revision, allow_patterns=list(MODEL_PATTERNS), token=token)
-        except (RepositoryNotFoundError, HfHubHTTPError) as e:
+        except (RepositoryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError) as e:
+            # LocalEntryNotFoundError: the Hub answered, but with an error the client could not
+            # retry away (a 5xx, a name it refuses), and nothing is cached.
             if repo_id != EMBEDDED_ID:
                 raise hub_error(e, repo_id=repo_id, action="downloading", what="base model",
                                 revision=revision, token=token, cls=ModelError,
                                 hint=f"The Hub is {_endpoint()}; or pass base= a local folder.") from e
+    if path is None and cached is not None and not missing_parts(Path(cached), tokenizer=False):
+        # Offline with config and weights cached: the tokenizer may still come from the adapter.
+        log.warning("the cached %s has no tokenizer and the Hub (%s) cannot be reached to fetch it",
+                    repo_id, _endpoint())
+        path = cached
     if path is not None:
         folder = Path(path)
         if not any(folder.glob("*.safetensors")):
@@ -130,6 +140,37 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
         f"({_endpoint()}) cannot be reached. Download it once while online, pass a local folder, "
         "or set HF_ENDPOINT to a reachable hub (e.g. `tunekit hub serve`)."
     )
+
+
+# What a base folder must hold for tunekit: any one of these makes a tokenizer.
+BASE_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def missing_parts(folder: Path, *, tokenizer: bool = True) -> list[str]:
+    """What a model folder (a Hub snapshot) lacks of what tunekit needs to use it as a base.
+
+    Args:
+        folder: the folder.
+        tokenizer: also require a tokenizer.
+
+    Returns:
+        Missing parts, e.g. ``["tokenizer (tokenizer.json, tokenizer_config.json or
+        tokenizer.model)"]``; empty when the folder is complete. Sharded weights count as
+        present only when every shard their index lists is there.
+    """
+    missing = [] if (folder / "config.json").exists() else ["config.json"]
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            shards = {index.name}  # an unreadable index: count it as missing weights
+        missing += [f"weights ({name})" for name in sorted(shards) if not (folder / name).exists()]
+    elif not any(folder.glob("*.safetensors")):
+        missing.append("safetensors weights")
+    if tokenizer and not any((folder / name).exists() for name in BASE_TOKENIZER_FILES):
+        missing.append(f"tokenizer ({', '.join(BASE_TOKENIZER_FILES[:-1])} or {BASE_TOKENIZER_FILES[-1]})")
+    return missing
 
 
 def _endpoint() -> str:

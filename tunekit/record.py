@@ -14,15 +14,98 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .hubid import looks_like_path
 
 RUN_FILE = "tunekit.json"
 METRICS_FILE = "metrics.json"
+REDACTED = "<redacted>"
+
+# Secret-looking keys, compared after lower-casing and splitting on "_", "-", ".": a word that
+# is always a secret anywhere in the key, or "token"/"key" as the last word after a word that
+# makes it one. Tokenizer settings (pad_token, eos_token, max_new_tokens…) are not secrets.
+_SECRET_WORDS = {"password", "passwd", "passphrase", "secret", "secrets", "apikey", "credential",
+                 "credentials", "authorization", "bearer", "cookie"}
+_TOKEN_OWNERS = {"hub", "hf", "auth", "access", "api", "bearer", "refresh", "session", "id", "github",
+                 "gh", "wandb", "comet", "neptune", "mlflow", "openai", "push", "write", "read", "user"}
+_KEY_OWNERS = {"api", "access", "secret", "private", "signing", "encryption", "license"}
+# Values that are tokens whatever their key says (huggingface.co's and OpenAI's formats).
+_SECRET_VALUE = re.compile(r"^(hf_|sk-|ghp_|github_pat_)[A-Za-z0-9_-]{16,}$")
+
+
+def is_secret_key(key: object) -> bool:
+    """Whether a record key names a secret (``hub_token``, ``api_key``, ``password``…).
+
+    Args:
+        key: a dict key at any depth of a record.
+
+    Returns:
+        True for keys whose values must never be written or pushed.
+    """
+    words = [w for w in re.split(r"[_\-.\s]+", str(key).lower()) if w]
+    if not words:
+        return False
+    if _SECRET_WORDS & set(words) or words == ["token"] or words == ["key"]:
+        return True
+    last, before = words[-1], words[-2] if len(words) > 1 else ""
+    return (last == "token" and before in _TOKEN_OWNERS) or (last == "key" and before in _KEY_OWNERS)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON-like value with every secret replaced by ``"<redacted>"``, at any depth.
+
+    The one redaction every record, card and Space config goes through when it is written or
+    pushed, so no writer can forget it: a token given as ``training_args={"hub_token": ...}``
+    ends up in ``options`` like any other option, and must not reach ``tunekit.json``.
+
+    Args:
+        value: dicts, lists and scalars as ``json`` writes them.
+
+    Returns:
+        The same shape; values under secret-looking keys (:func:`is_secret_key`) and strings that
+        are tokens by their format (``hf_…``, ``sk-…``) replaced.
+    """
+    if isinstance(value, Mapping):
+        return {k: (REDACTED if is_secret_key(k) and v not in (None, "") else redact(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str) and _SECRET_VALUE.match(value):
+        return REDACTED
+    return value
+
+
+def local_name(value: Any) -> Any:
+    """A local path reduced to its last component (``/home/alice/runs/base`` → ``base``);
+    anything else unchanged. What a published record says instead of a path on this machine.
+
+    Args:
+        value: a string that may be a path, or any other value.
+    """
+    if not isinstance(value, str) or not _is_local_path(value):
+        return value
+    return Path(value.rstrip("/\\")).name or value
+
+
+def _is_local_path(text: str) -> bool:
+    if text.startswith(("/", "~", "./", "../", "\\")) or re.match(r"^[A-Za-z]:[\\/]", text):
+        return True
+    home = os.path.expanduser("~")
+    return len(home) > 1 and text.startswith(home)
+
+
+def _names_only(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _names_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_names_only(v) for v in value]
+    return local_name(value)
 
 
 class _Record(Mapping):
@@ -65,8 +148,12 @@ class _Record(Mapping):
 
     def _write(self, folder: str | os.PathLike, name: str) -> Path:
         path = Path(folder) / name
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        path.write_text(self.to_json())
         return path
+
+    def to_json(self) -> str:
+        """The record as its file holds it: JSON, secrets redacted (:func:`redact`)."""
+        return json.dumps(redact(self.to_dict()), indent=2)
 
     @classmethod
     def _read(cls, path: Path):
@@ -181,8 +268,28 @@ class RunInfo(_Record):
         value = self.options.get(name)
         return default if value is None else value
 
+    @property
+    def base_is_local(self) -> bool:
+        """True when the base was a folder on the training machine (not a Hub id)."""
+        return bool(self.base_path) or looks_like_path(str(self.base))
+
+    def published(self) -> "RunInfo":
+        """The record as it may leave this machine (pushed to a Hub, shown in a card or a
+        Space): secrets redacted, and every local path (base folder, data files, output folder)
+        reduced to its name. A local base keeps ``base_path`` (as the name), so readers still
+        know it was a folder and never mistake the name for a Hub repo id.
+
+        The run folder's own ``tunekit.json`` keeps the paths: local runs reload their base
+        from ``base_path``.
+        """
+        raw = _names_only(redact(self.to_dict()))
+        if self.base_is_local and not self.embedded_base:
+            # Only the last component: a relative "models/base" would read as a Hub repo id.
+            raw["base"] = raw["base_path"] = Path(str(self.base).rstrip("/\\")).name or str(raw["base"])
+        return RunInfo.from_dict(raw)
+
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``tunekit.json`` into ``folder``."""
+        """Write ``tunekit.json`` into ``folder`` (secrets redacted)."""
         return self._write(folder, RUN_FILE)
 
     @classmethod
@@ -242,8 +349,13 @@ class Metrics(_Record):
     estimated_peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def published(self) -> "Metrics":
+        """The metrics as they may leave this machine: local paths (``best_checkpoint``)
+        reduced to their names, secrets redacted."""
+        return Metrics.from_dict(_names_only(redact(self.to_dict())))
+
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``metrics.json`` into ``folder``."""
+        """Write ``metrics.json`` into ``folder`` (secrets redacted)."""
         return self._write(folder, METRICS_FILE)
 
     @classmethod

@@ -103,6 +103,12 @@ class TuneResult:
         base_path = self.run.base_path
         if base_path and Path(base_path).is_dir():
             return models.resolve_base(base_path)
+        if base_path:
+            # Trained on a local folder; a pushed record keeps only its name, which is no Hub id.
+            where = f"{self.repo_id!r}" if self.repo_id else str(self.output_dir)
+            raise ModelError(f"{where} was trained on a local base folder named {Path(base_path).name!r}, "
+                             "which is not on this machine; pass base= that folder or the same model's Hub id "
+                             f"(tunekit.load({where}, base=...))")
         try:
             return models.resolve_base(self.base, token=self.token)
         except ModelError as e:

@@ -22,7 +22,7 @@ from typing import Any
 from .config import shipped_dir
 from .errors import ConfigError, HubError, hub_error
 from .hubid import is_hub_id
-from .record import Metrics, RunInfo, describe_folder
+from .record import Metrics, RunInfo, describe_folder, redact
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,9 @@ def _config(opened: list[_Adapter], *, examples: list[str] | None, title: str | 
     name = entries[0]["label"].split("/")[-1]
     return {
         "title": title or f"{name} demo",
-        "base": first.base,
+        # A Space is shown to others: a local base is named, never located (its path names the
+        # user's home); the adapters' own records say how to load them.
+        "base": first.published().base,
         "method": first.method,
         "license": first.base_license,
         "adapters": entries,
@@ -123,7 +125,9 @@ def _config(opened: list[_Adapter], *, examples: list[str] | None, title: str | 
 
 
 def _check_one_base(opened: list[_Adapter], entries: list[dict[str, Any]]) -> None:
-    bases = {a.run.base for a in opened}
+    # Compared as published: an adapter downloaded from the Hub names a local base by its
+    # folder's name only, the same base as the local run's path.
+    bases = {a.run.published().base for a in opened}
     if len(opened) > 1:
         problems = [f"{e['label']} is a full fine-tune; only adapters can share a base" for a, e in
                     zip(opened, entries) if not a.run.adapter]
@@ -190,7 +194,7 @@ def _adapter_entry(adapter: _Adapter, *, endpoint: str, local: bool) -> dict[str
     run, metrics = adapter.run, adapter.metrics
     entry: dict[str, Any] = {
         "method": run.method,
-        "base": run.base,
+        "base": run.published().base,
         "adapter": run.adapter,
         "metrics": {k: getattr(metrics, k) for k in _METRIC_KEYS if getattr(metrics, k) is not None},
         "data": _data_facts(run),
@@ -247,7 +251,8 @@ def render_readme(config: dict[str, Any], *, endpoint: str = "https://huggingfac
         title=config["title"],
         adapters=adapters,
         base=base,
-        base_url=f"{endpoint}/{base}" if base_on_hub else f"file://{base}",
+        # A local base has no page to link, and a file:// link would show its path.
+        base_url=f"{endpoint}/{base}" if base_on_hub else "#",
         method_label=_method_label(config.get("method")),
         endpoint=endpoint,
     )
@@ -265,7 +270,7 @@ def write_space(folder: str | os.PathLike, config: dict[str, Any], *, endpoint: 
     shipped = shipped_dir("spaces")
     for name in APP_FILES:
         (folder / name).write_bytes((shipped / name).read_bytes())
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    (folder / CONFIG_FILE).write_text(json.dumps(redact(config), indent=2, ensure_ascii=False) + "\n")
     if all(a.get("repo_id") for a in config["adapters"]):
         (folder / "README.md").write_text(render_readme(config, endpoint=endpoint))
     return folder

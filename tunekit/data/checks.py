@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from typing import Any
 
 from .schema import Example
@@ -54,6 +55,53 @@ def keys(names: Any) -> str:
     return ", ".join(map(str, names)) or "none"
 
 
+# Values quoted in messages: short, and safe for any nesting (a plain repr of a list nested a
+# thousand deep raises RecursionError).
+def _short_repr() -> reprlib.Repr:
+    r = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+    r.maxlevel, r.maxstring, r.maxother, r.maxlist, r.maxdict = 2, 40, 40, 3, 3
+    return r
+
+
+_quote = _short_repr().repr
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Where ``text`` holds a lone UTF-16 surrogate (``"\\ud800"`` in JSON), or None.
+
+    Such a string is valid JSON and a valid Python ``str``, but not Unicode text: it cannot be
+    encoded as UTF-8, so tokenizers fail on it with an error that names no row.
+
+    Args:
+        text: the string to check.
+
+    Returns:
+        The 0-based index of the first lone surrogate, or None when the text is clean.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def text_problem(text: str) -> str | None:
+    """What is wrong with a string that is meant to be text, or None.
+
+    Args:
+        text: the string.
+
+    Returns:
+        The problem message (with the fix), or None.
+    """
+    at = lone_surrogate(text)
+    if at is None:
+        return None
+    return (f"holds a lone UTF-16 surrogate ({text[at]!r} at character {at}), which is not text; "
+            "the file was written from a broken string (e.g. an emoji cut in half): remove or "
+            "repair that character")
+
+
 def json_list(value: Any) -> Any:
     """csv cells and some Hub datasets hold message lists as JSON text; "[INST] hi" stays text.
 
@@ -68,7 +116,7 @@ def json_list(value: Any) -> Any:
         try:
             parsed = json.loads(value)
             return parsed if isinstance(parsed, list) else value
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not a list of turns: checked as text
             return value
     return value.tolist() if hasattr(value, "tolist") else value  # numpy arrays from pandas
 
@@ -90,8 +138,11 @@ def string_field(value: Any, where: str, problems: Problems, *, required: bool =
             problems.append((where, "missing (or null); write the text here"))
         return ""
     if not isinstance(value, str):
-        problems.append((where, f"expected a string, got {kind(value)} {value!r:.40}; write "
+        problems.append((where, f"expected a string, got {kind(value)} {_quote(value)}; write "
                                 "plain text (multi-part content is not supported)"))
+        return ""
+    if (problem := text_problem(value)) is not None:
+        problems.append((where, problem))
         return ""
     if required and not value.strip():
         problems.append((where, "empty (or only whitespace); write the text or drop it"))
@@ -140,7 +191,7 @@ def parse_turns(value: Any, where: str, role_key: str, content_key: str,
         content = string_field(turn.get(content_key), f"{at}.{content_key}", problems)
         weight = None if missing(turn.get("weight")) else turn["weight"]
         if weight is not None and (isinstance(weight, str) or weight not in (0, 1)):
-            problems.append((f"{at}.weight", f"must be 0 or 1, got {weight!r}"))
+            problems.append((f"{at}.weight", f"must be 0 or 1, got {_quote(weight)}"))
         elif weight == 1 and role in ("system", "user"):
             # weight 0 on such a turn is harmless (it is never trained on); 1 would mislead.
             problems.append((f"{at}.weight", "only assistant messages can have weight 1; "
@@ -167,6 +218,8 @@ def chat_example(messages: list[dict], row: dict, where: str, problems: Problems
     if not missing(system):
         if not isinstance(system, str):
             problems.append(("system", f"expected a string, got {kind(system)}"))
+        elif (problem := text_problem(system)) is not None:
+            problems.append(("system", problem))
         elif system.strip() and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": system, "weight": 0})
     for m in messages:

@@ -47,6 +47,12 @@ class Source:
     columns: list[str] | None = None  # tabular sources: one set of keys for every row
 
 
+# Python's json parser gives up near 1,000 levels with a RecursionError; no chat row is nested
+# more than a few levels, so such a row is a mistake (or an attack), reported like any bad row.
+_TOO_DEEP = ("nested too deeply to be a training row (about 1,000 levels of lists or objects); "
+             "each row must be one flat object like {\"messages\": [...]}")
+
+
 def _read_text(path: Path, label: str) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # -sig: tolerate the BOM Excel writes
@@ -66,6 +72,8 @@ def _read_jsonl(path: Path, label: str) -> Source:
             except json.JSONDecodeError as e:
                 rows.append((lineno, Unreadable(f"invalid JSON ({e.msg} at column {e.colno}); "
                                                 "each line must be one complete JSON object")))
+            except RecursionError:
+                rows.append((lineno, Unreadable(_TOO_DEEP)))
     return Source(label, "line", rows)
 
 
@@ -79,6 +87,9 @@ def _read_json(path: Path, label: str) -> Source:
         raise DataError(f"{label}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}. "
                         "A .json file must hold one list of objects.", path=label,
                         row=e.lineno) from e
+    except RecursionError:
+        raise DataError(f"{label}: {_TOO_DEEP}. A .json file must hold one list of objects.",
+                        path=label) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
