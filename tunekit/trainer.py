@@ -9,6 +9,11 @@
 - Trainable parameters stay in the compute dtype (TRL casts a quantized model's adapters to bf16,
   which is ~100x slower than fp32 on CPU). This one is correctness, not speed: it always applies.
 
+On CUDA the plan (:func:`tunekit.plan.decide_fast_paths`) picks the libraries' own fast paths
+instead where they exist, passed here as ``attention="varlen"`` (torch's flash varlen kernel),
+``loss="trl"`` (TRL's fused, chunked LM head) and ``liger=True`` (Liger's RMSNorm and SwiGLU
+kernels, when installed).
+
 The first three are the fast paths behind one switch, ``Trainer(fastpath=...)`` (default:
 :func:`tunekit.config.fastpath`, which ``TUNEKIT_FASTPATH=0`` turns off). Off, training runs the
 reference code: PEFT's LoRA forward and ``nn.Dropout``, transformers' SDPA with its own masks,
@@ -20,20 +25,30 @@ with logit soft-capping.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+from pathlib import Path
 
 import torch
 from transformers.trainer_callback import PrinterCallback, TrainerCallback
 from trl import SFTTrainer
 
 from . import config
-from .fastpath import attention_within_rows, causal_lm_of, fuse_lora_layers
+from .checkpoints import mark_complete
+from .fastpath import KERNELS, attention_within_rows, causal_lm_of, fuse_lora_layers
 from .templates import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateLastStep", "KeepGradients", "LOSS_CHUNK_BYTES", "Trainer", "causal_lm_of",
+__all__ = ["EvaluateLastStep", "KeepGradients", "MarkCheckpoints", "SECRET_ARGS", "LIGER_KERNELS", "LOSS_CHUNK_BYTES", "Trainer", "causal_lm_of",
            "trained_positions_loss"]
+
+# Liger's kernels tunekit applies: its cross-entropy (plain or fused with the lm_head) is left
+# off because the loss is TRL's fused head (or tunekit's), and its RoPE because Liger swaps
+# that function module-wide rather than on the model being trained.
+LIGER_KERNELS = {"rms_norm": True, "swiglu": True, "rope": False, "cross_entropy": False,
+                 "fused_linear_cross_entropy": False}
+LOSSES = ("trained", "trl")
 
 
 def _cross_entropy_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -125,6 +140,29 @@ class KeepGradients(TrainerCallback):
                 p.grad = grad.zero_()
 
 
+# TrainingArguments fields that hold credentials: never left in a checkpoint's training_args.bin.
+SECRET_ARGS = ("hub_token",)
+
+
+class MarkCheckpoints(TrainerCallback):
+    """After the Trainer has written a checkpoint, re-save its ``training_args.bin`` without
+    credentials (transformers pickles every argument, ``hub_token`` included) and then mark the
+    checkpoint complete (:func:`tunekit.checkpoints.mark_complete`), so ``resume=True`` never
+    starts from one a killed process left half-written."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not (args.should_save and folder.is_dir()):  # another process wrote it
+            return
+        pickled = folder / "training_args.bin"
+        if pickled.exists() and any(getattr(args, name, None) for name in SECRET_ARGS):
+            clean = copy.copy(args)
+            for name in SECRET_ARGS:
+                setattr(clean, name, None)
+            torch.save(clean, pickled)
+        mark_complete(folder)
+
+
 class Trainer(SFTTrainer):
     """SFTTrainer with tunekit's fast paths and compute-dtype adapters (see the module doc).
 
@@ -137,16 +175,30 @@ class Trainer(SFTTrainer):
             :func:`tunekit.config.fastpath` (``TUNEKIT_FASTPATH=0`` turns them off); False runs
             PEFT's, transformers' and TRL's reference code. Results agree within float rounding,
             except that the shared dropout draws other masks than ``nn.Dropout``.
+        attention: how padding-free batches attend with ``fastpath`` on: ``"rows"`` (SDPA on each
+            row, the default), ``"varlen"`` (torch's flash varlen kernel; CUDA, bf16/fp16) or
+            ``"sdpa"`` (transformers' own, with its block-diagonal mask).
+        loss: ``"trained"`` (the trained-positions loss, the default) or ``"trl"``
+            (``SFTTrainer.compute_loss``: TRL's fused LM head, chunked, Triton on CUDA).
+        liger: apply Liger's RMSNorm and SwiGLU kernels (:data:`LIGER_KERNELS`, through
+            transformers' Liger integration); needs ``liger-kernel`` and a CUDA model.
         *args, **kwargs: ``trl.SFTTrainer``'s.
+
+    Raises:
+        ConfigError: an unknown ``attention`` or ``loss``, or ``liger`` without liger-kernel.
     """
 
     def __init__(self, *args, compute_dtype: torch.dtype | None = None, fast_loss: bool = True,
-                 fastpath: bool | None = None, **kwargs):
+                 fastpath: bool | None = None, attention: str = "rows", loss: str = "trained",
+                 liger: bool = False, **kwargs):
+        _check_fast_paths(attention, loss, liger)
         super().__init__(*args, **kwargs)
         self.fastpath = config.fastpath() if fastpath is None else bool(fastpath)
+        self.attention = attention if self.fastpath else "sdpa"
         # With tqdm disabled the Trainer prints every log dict; tunekit's own bar shows the losses.
         self.remove_callback(PrinterCallback)
         self.add_callback(EvaluateLastStep())
+        self.add_callback(MarkCheckpoints())
         if compute_dtype is not None:
             for p in self.model.parameters():
                 if p.requires_grad and p.dtype != compute_dtype and p.dtype.is_floating_point:
@@ -157,15 +209,22 @@ class Trainer(SFTTrainer):
             if fused["layers"] or fused["dropouts"]:
                 log.debug("LoRA: fused forward in %d layers; dropout: one mask per distinct input across %d",
                           fused["layers"], fused["dropouts"])
+            if liger:
+                from transformers.integrations.liger import apply_liger_kernel
+
+                apply_liger_kernel(self.model, LIGER_KERNELS)
+        self.liger = self.fastpath and liger
         # Calling the decoder directly would bypass DistributedDataParallel's forward.
-        self.fast_loss = self.fastpath and fast_loss and self.accelerator.num_processes == 1
+        self.fast_loss = self.fastpath and fast_loss and loss == "trained" and self.accelerator.num_processes == 1
         self._fast_loss_checked = False
 
     def _attention(self):
-        # Padding-free batches (TRL adds the rows' boundaries) attend within each row; with the
-        # standard loss path the model's own forward must see its own setting.
-        if self.fast_loss and self.args.padding_free:
-            return attention_within_rows(self.model)
+        # Padding-free batches (TRL adds the rows' boundaries) attend within each row. SDPA on
+        # each row goes with the trained-positions loss, as it always has (the reference loss
+        # path keeps the model's own attention); the varlen kernel is chosen for CUDA on its own.
+        within_rows = self.attention == "varlen" or (self.attention == "rows" and self.fast_loss)
+        if within_rows and self.args.padding_free:
+            return attention_within_rows(self.model, self.attention)
         return contextlib.nullcontext()
 
     def train(self, *args, **kwargs):
@@ -198,3 +257,20 @@ class Trainer(SFTTrainer):
             log.warning("trained-positions loss %.6f differs from the model's own loss %.6f for this "
                         "architecture; using the standard (slower) loss", float(fast), float(reference))
             self.fast_loss = False
+
+
+def _check_fast_paths(attention: str, loss: str, liger: bool) -> None:
+    from .errors import ConfigError
+
+    problems = []
+    if attention not in (*KERNELS, "sdpa"):
+        problems.append(f"attention={attention!r} is not one of {', '.join((*KERNELS, 'sdpa'))}")
+    if loss not in LOSSES:
+        problems.append(f"loss={loss!r} is not one of {', '.join(LOSSES)}")
+    if liger:
+        import importlib.util
+
+        if importlib.util.find_spec("liger_kernel") is None:
+            problems.append("liger=True needs liger-kernel: pip install 'tunekit[liger]' (CUDA only)")
+    if problems:
+        raise ConfigError(problems)
