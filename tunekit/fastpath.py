@@ -14,7 +14,9 @@ after the matmuls:
 - **Attention over flattened rows** (:func:`packed_attention`): padding-free batches carry the
   rows' boundaries (``cu_seq_lens_q``); SDPA with a block-diagonal mask computes every row
   against every other and then masks, and cannot use grouped-query attention with a mask on CPU.
-  Attending within each row (``is_causal``) does a quarter of the work for four rows.
+  Attending within each row (``is_causal``) does a quarter of the work for four rows. On CUDA
+  (bf16/fp16, Ampere or newer) :func:`varlen_attention` hands the whole flattened batch and its
+  boundaries to torch's flash varlen kernel instead: one kernel per layer, no mask, no split.
 
 :class:`tunekit.trainer.Trainer` applies them unless its ``fastpath`` switch is off
 (``fastpath=False`` or ``TUNEKIT_FASTPATH=0``), which leaves PEFT's and transformers' own code.
@@ -262,6 +264,9 @@ def fuse_lora_layers(model) -> dict[str, int]:
 # --- attention within rows -------------------------------------------------------------------
 
 PACKED_ATTENTION = "tunekit_packed_sdpa"
+VARLEN_ATTENTION = "tunekit_varlen"
+# The registered attention function of each kernel ``attention_within_rows`` can switch to.
+KERNELS = {"rows": PACKED_ATTENTION, "varlen": VARLEN_ATTENTION}
 
 
 def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -274,10 +279,7 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.get("cu_seq_lens_q")
-    plain = (bounds is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2]
-             and getattr(module, "is_causal", True) and getattr(module, "sliding_window", None) is None
-             and not any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "sinks",
-                                                             "position_bias")))
+    plain = bounds is not None and _plain_causal(module, query, key, kwargs)
     lengths = _row_lengths(bounds) if plain else None
     if lengths is None or sum(lengths) != query.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
@@ -287,6 +289,68 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     rows = [F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
             for q, k, v in zip(query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2))]
     return torch.cat(rows, 2).transpose(1, 2).contiguous(), None
+
+
+def _plain_causal(module, query, key, kwargs) -> bool:
+    # One flattened batch, no KV cache, and nothing but causality shaping the scores.
+    return (query.shape[0] == 1 and query.shape[2] == key.shape[2] and getattr(module, "is_causal", True)
+            and getattr(module, "sliding_window", None) is None
+            and not any(kwargs.get(k) is not None for k in ("sliding_window", "softcap", "s_aux", "sinks",
+                                                            "position_bias")))
+
+
+def varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function: torch's flash varlen kernel over a padding-free batch.
+
+    TRL's padding-free collator passes the rows' boundaries (``cu_seq_lens_q``/``_k``, computed
+    on the CPU from ``position_ids``) and the longest row (``max_length_q``/``_k``), exactly what
+    ``torch.nn.attention.varlen.varlen_attn`` takes: the whole batch attends causally within rows
+    in one kernel, with no mask and no device synchronisation. Anything the kernel does not
+    cover — CPU tensors, fp32, attention dropout, a KV cache, sliding windows, soft-capping — goes
+    to :func:`packed_attention` (which itself falls back to transformers' SDPA).
+    """
+    bounds = kwargs.get("cu_seq_lens_q")
+    if (bounds is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16) or dropout
+            or not _plain_causal(module, query, key, kwargs)):
+        return packed_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                **kwargs)
+    from torch.nn.attention.varlen import varlen_attn
+
+    # (1, heads, tokens, dim) -> (tokens, heads, dim): the projections' own layout, so no copy.
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+    options = _varlen_options()
+    if query.shape[1] != key.shape[1]:
+        if "enable_gqa" in options:
+            options["enable_gqa"] = True
+        else:  # an older torch: repeat the key/value heads as transformers' eager attention does
+            groups = query.shape[1] // key.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    bounds_k = kwargs.get("cu_seq_lens_k", bounds)
+    longest_q = kwargs.get("max_length_q") or max(_row_lengths(bounds))
+    longest_k = kwargs.get("max_length_k") or longest_q
+    out = varlen_attn(q, k, v, bounds.to(torch.int32), bounds_k.to(torch.int32), int(longest_q), int(longest_k),
+                      scale=scaling, **options)
+    return out.unsqueeze(0), None
+
+
+_VARLEN_OPTIONS: dict | None = None
+
+
+def _varlen_options() -> dict:
+    """The causal and grouped-query keywords of this torch's ``varlen_attn`` (2.9 took
+    ``is_causal``; later versions a ``window_size``, and ``enable_gqa``)."""
+    global _VARLEN_OPTIONS
+    if _VARLEN_OPTIONS is None:
+        import inspect
+
+        from torch.nn.attention.varlen import varlen_attn
+
+        params = inspect.signature(varlen_attn).parameters
+        options = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+        if "enable_gqa" in params:
+            options["enable_gqa"] = False
+        _VARLEN_OPTIONS = options
+    return dict(_VARLEN_OPTIONS)
 
 
 # Every layer receives the same boundaries tensor; reading it once per forward, not once per
@@ -306,16 +370,21 @@ def _register_packed_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-    # Masks are built exactly as for SDPA, which packed_attention falls back to.
-    AttentionMaskInterface.register(PACKED_ATTENTION, sdpa_mask)
+    for name, function in ((PACKED_ATTENTION, packed_attention), (VARLEN_ATTENTION, varlen_attention)):
+        AttentionInterface.register(name, function)
+        # Masks are built exactly as for SDPA, which both fall back to.
+        AttentionMaskInterface.register(name, sdpa_mask)
 
 
 @contextlib.contextmanager
-def attention_within_rows(model):
+def attention_within_rows(model, kernel: str = "rows"):
     """While inside, a model using transformers' SDPA attends within each row of padding-free
-    batches (:func:`packed_attention`); other models are left alone. The model's setting is
-    restored on exit.
+    batches; other models are left alone. The model's setting is restored on exit.
+
+    Args:
+        model: the model (a PEFT wrapper or the causal LM itself).
+        kernel: ``"rows"``: :func:`packed_attention` (SDPA on each row); ``"varlen"``:
+            :func:`varlen_attention` (torch's flash varlen kernel on CUDA).
 
     Switched with transformers' ``set_attn_implementation``, which accepts a registered attention
     function's name and checks that the model supports it. The current setting is read from
@@ -330,9 +399,10 @@ def attention_within_rows(model):
             or getattr(config, "_attn_implementation", None) != "sdpa"):
         yield False
         return
+    name = KERNELS[kernel]
     _register_packed_attention()
-    lm.set_attn_implementation(PACKED_ATTENTION)
-    if config._attn_implementation != PACKED_ATTENTION:  # a model that cannot switch (transformers warned)
+    lm.set_attn_implementation(name)
+    if config._attn_implementation != name:  # a model that cannot switch (transformers warned)
         yield False
         return
     try:

@@ -12,6 +12,7 @@ Only the standard library and tunekit's light modules are imported at the top.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 import os
@@ -57,6 +58,13 @@ class Plan:
         optimizer: the ``transformers`` optimizer name.
         placement: device and compute dtype.
         fastpath: whether tunekit's fast paths run (see :mod:`tunekit.fastpath`).
+        attention: how padding-free batches attend (:func:`decide_fast_paths`): ``"varlen"``
+            (torch's flash varlen kernel over the rows' boundaries, CUDA), ``"rows"`` (SDPA on
+            each row) or ``"sdpa"`` (transformers' SDPA with its block-diagonal mask);
+            ``attention_reason``.
+        loss: ``"trained"`` (tunekit's loss at trained positions) or ``"trl"`` (TRL's fused,
+            chunked LM head: ``SFTTrainer.compute_loss``); ``loss_reason``.
+        liger: whether Liger's Triton kernels (RMSNorm, SwiGLU) are applied; ``liger_reason``.
         train_rows / eval_rows: encoded rows; ``train_tokens``: tokens per epoch;
             ``longest_row``: the longest row in tokens.
         updates: optimizer updates the run will make (before early stopping).
@@ -90,6 +98,17 @@ class Plan:
     updates: int
     estimate: Any = None  # tunekit.estimate.Estimate
     forward_estimate: Any = None
+    attention: str = "rows"
+    attention_reason: str = ""
+    loss: str = "trained"
+    loss_reason: str = ""
+    liger: bool = False
+    liger_reason: str = ""
+
+    @property
+    def trainer_fast_paths(self) -> dict[str, Any]:
+        """The keywords of :class:`tunekit.trainer.Trainer` that carry this plan's fast paths."""
+        return {"fastpath": self.fastpath, "attention": self.attention, "loss": self.loss, "liger": self.liger}
 
     @property
     def peak_bytes(self) -> int | None:
@@ -101,6 +120,12 @@ class Plan:
     def accumulation_steps(self) -> int:
         """Forward passes per update, as the Trainer's ``gradient_accumulation_steps``."""
         return self.options.batch_size * self.grad_accum // self.rows_per_forward
+
+    def fast_paths_line(self) -> str:
+        """The attention, loss and Liger decisions in one line, each with its reason."""
+        liger = "on" if self.liger else "off"
+        return (f"attention {self.attention} ({self.attention_reason}); loss {self.loss} ({self.loss_reason}); "
+                f"liger {liger} ({self.liger_reason})")
 
     def describe(self) -> str:
         """The plan as a few aligned lines: setting, value, why.
@@ -125,7 +150,7 @@ class Plan:
              "fp32 on CPU (bf16 matmul is ~100x slower there)" if not self.placement.is_cuda
              else "bf16 where the GPU supports it, else fp16"),
             ("fastpath", "on" if self.fastpath else "off",
-             "given" if o.fastpath is not None else "default (TUNEKIT_FASTPATH)"),
+             ("given" if o.fastpath is not None else "default (TUNEKIT_FASTPATH)") + "; " + self.fast_paths_line()),
         ]
         est = self.forward_estimate or self.estimate
         if est is not None:
@@ -187,6 +212,8 @@ def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[
     updates = max(1, math.ceil(math.ceil(len(train_enc) / (opts.batch_size * grad_accum)) * opts.epochs))
     eval_steps, eval_why = decide_eval_steps(opts, updates, train_enc, eval_enc)
     lengths = [len(r["input_ids"]) for r in train_enc]
+    fastpath = config.fastpath() if opts.fastpath is None else bool(opts.fastpath)
+    paths = decide_fast_paths(where, fastpath=fastpath)
     return Plan(
         options=opts, method=method.name, method_reason=method_why, method_choice=choice,
         grad_accum=grad_accum, grad_accum_reason=accum_why,
@@ -195,10 +222,63 @@ def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[
         eval_steps=eval_steps, eval_steps_reason=eval_why,
         lr=opts.lr or method.default_lr, lr_reason="given" if opts.lr else f"{method.label}'s default",
         optimizer=method.optimizer(cuda=where.is_cuda), placement=where,
-        fastpath=config.fastpath() if opts.fastpath is None else bool(opts.fastpath),
+        fastpath=fastpath,
         train_rows=len(train_enc), eval_rows=len(eval_enc), train_tokens=sum(lengths),
         longest_row=max(lengths, default=0), updates=updates, estimate=est, forward_estimate=forward_est,
+        **paths,
     )
+
+
+def decide_fast_paths(where: Placement, *, fastpath: bool, capability: tuple[int, int] | None = None) -> dict[str, Any]:
+    """How a run attends, computes its loss and whether Liger's kernels run, each with its reason.
+
+    On CPU tunekit's own paths (measured in docs/performance.md). On CUDA the libraries' own fast
+    paths where they exist: torch's flash varlen kernel over the rows' boundaries that TRL's
+    padding-free collator derives from ``position_ids`` (one kernel per layer instead of a masked
+    or per-row SDPA), TRL's fused LM head for the loss (it scores only labelled positions, in
+    chunks, with a Triton kernel; off Triton devices it scores every position, hence tunekit's
+    loss on CPU), and Liger's RMSNorm and SwiGLU kernels when ``liger-kernel`` is installed
+    (``tunekit[liger]``). With ``fastpath`` off: the reference code everywhere.
+
+    Args:
+        where: device and dtype.
+        fastpath: tunekit's switch (``fastpath=`` / ``TUNEKIT_FASTPATH``).
+        capability: the GPU's compute capability; None reads it from torch.
+
+    Returns:
+        ``attention``, ``loss``, ``liger`` and their ``*_reason`` (the :class:`Plan`'s fields).
+    """
+    if not fastpath:
+        return {"attention": "sdpa", "attention_reason": "transformers' own, block-diagonal mask",
+                "loss": "trl", "loss_reason": "SFTTrainer.compute_loss", "liger": False, "liger_reason": "fastpath off"}
+    if not where.is_cuda:
+        return {"attention": "rows", "attention_reason": "SDPA on each row",
+                "loss": "trained", "loss_reason": "lm_head at trained positions only; TRL's fused head scores "
+                                                  "every position off CUDA",
+                "liger": False, "liger_reason": "CUDA only"}
+    attention, attention_why = cuda_attention(where, capability)
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    return {"attention": attention, "attention_reason": attention_why,
+            "loss": "trl", "loss_reason": "TRL's fused LM head: labelled positions only, in chunks, Triton",
+            "liger": liger,
+            "liger_reason": "liger-kernel installed: RMSNorm, SwiGLU" if liger
+            else "not installed: pip install 'tunekit[liger]'"}
+
+
+def cuda_attention(where: Placement, capability: tuple[int, int] | None = None) -> tuple[str, str]:
+    """``("varlen" | "rows", why)``: torch's flash varlen kernel needs a bf16/fp16 compute dtype,
+    an Ampere or newer GPU (compute capability 8.0: not a T4) and a torch that has it (2.9+).
+    ``capability`` None reads the GPU's from torch."""
+    import torch
+
+    if where.dtype_name not in ("bfloat16", "float16"):
+        return "rows", f"SDPA on each row: flash varlen needs bf16/fp16, not {where.dtype_name}"
+    major, minor = capability or torch.cuda.get_device_capability(where.device)
+    if major < 8:
+        return "rows", f"SDPA on each row: flash varlen needs compute capability 8.0+, this GPU has {major}.{minor}"
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return "rows", f"SDPA on each row: torch {torch.__version__} has no flash varlen kernel"
+    return "varlen", "torch's flash varlen kernel over the rows' boundaries"
 
 
 def decide_grad_accum(opts: Options, train_rows: int) -> tuple[int, str]:

@@ -298,7 +298,7 @@ def build_trainer(model, peft_config, prepared: PreparedData, run_plan: Plan, ou
         peft_config=peft_config,
         callbacks=callbacks,
         compute_dtype=run_plan.placement.dtype,
-        fastpath=run_plan.fastpath,
+        **run_plan.trainer_fast_paths,
     )
 
 
