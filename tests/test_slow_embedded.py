@@ -28,17 +28,21 @@ def _in_format(text: str) -> bool:
 
 # 32 updates: the default learning rates (2e-4 adapters, 2e-5 full) are tuned for the seeds'
 # longer runs; a 135M model learns a format in 32 updates at 1e-3 (adapters) and 1e-4 (full).
+# QLoRA gets 64 updates of 2 rows (the same rows and epochs): with peft 0.21 / bitsandbytes 0.50
+# (2026-12) its 32 updates of 4 learn the format but no longer copy the guest's name — the same
+# with the fast paths off and with the code before the architecture change (which, with these
+# versions, first had to stop modifying bitsandbytes' 4-bit output in place).
 @pytest.mark.parametrize("method, extra", [
     ("lora", {"lr": 1e-3}),
-    ("qlora", {"lr": 1e-3}),
+    ("qlora", {"lr": 1e-3, "batch_size": 2}),
     ("full", {"lr": 1e-4}),
 ])
 def test_embedded_model_learns_the_format(method, extra, tmp_path):
     train = _rows("shownotes.jsonl")[:64]
     heldout = _rows("shownotes_heldout.jsonl")
+    options = {"epochs": 2, "batch_size": 4, "grad_accum": 1, "eval_steps": 8, **extra}
     result = tunekit.finetune(train, eval_data=str(DATA / "shownotes_heldout.jsonl"), method=method,
-                              epochs=2, batch_size=4, grad_accum=1, eval_steps=8, output_dir=str(tmp_path / method),
-                              progress=False, **extra)
+                              output_dir=str(tmp_path / method), progress=False, **options)
     m = result.metrics
     assert m["eval_loss_best"] < m["eval_loss_first"] * 0.7, m
     prompts = [row["messages"][0]["content"] for row in heldout[:3]]
