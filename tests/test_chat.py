@@ -4,11 +4,9 @@ OpenAI-compatible server, driven by the official ``openai`` client on 127.0.0.1.
 
 from __future__ import annotations
 
-import threading
-import time
 
 import pytest
-from hub_fixtures import free_port
+from server_fixtures import RunningApp
 
 from tunekit import chat
 
@@ -88,44 +86,14 @@ def test_generation_is_unchanged_for_ordinary_prompts(tiny):
             model, tokenizer, messages, 6)
 
 
-class _Server:
-    """``tunekit serve``'s app over the tiny model, on 127.0.0.1, in a thread."""
-
-    def __init__(self, base: str):
-        import uvicorn
-
-        import tunekit
-        from tunekit.server import create_app
-
-        self.pool = tunekit.AdapterPool(base, device="cpu")
-        self.port = free_port()
-        app = create_app(self.pool, [])
-        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._uvicorn.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self._uvicorn.should_exit = True
-        self._thread.join(timeout=30)
-
-    def client(self):
-        import openai
-
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="unused", max_retries=0,
-                             timeout=60)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
     pytest.importorskip("openai")
-    with _Server(str(tiny_model_dir)) as running:
+    import tunekit
+    from tunekit.server import create_app
+
+    pool = tunekit.AdapterPool(str(tiny_model_dir), device="cpu")
+    with RunningApp(create_app(pool, []), pool) as running:
         yield running
 
 

@@ -4,7 +4,6 @@ adapters pulled from a real hub."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from hub_fixtures import free_port, hub  # noqa: F401  (fixture)
+from server_fixtures import RunningApp
 
 import tunekit
 
@@ -62,40 +62,13 @@ def alone(hub, tiny_base, tiny_model_dir, adapters) -> dict[str, str]:
     return answers
 
 
-class _Running:
-    def __init__(self, app, pool):
-        import uvicorn
-
-        self.pool, self.app = pool, app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                      log_level="warning"))
-        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._uvicorn.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self._uvicorn.should_exit = True
-        self._thread.join(timeout=30)
-
-    def client(self, **kwargs):
-        return openai.OpenAI(base_url=self.url, api_key="unused", max_retries=0, timeout=60, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def server(hub, tiny_base, adapters):
     from tunekit.server import create_app
 
     # Two in memory for four adapters: requests keep evicting and re-pulling.
     pool = tunekit.AdapterPool(tiny_base, max_loaded=2, token=hub.token)
-    with _Running(create_app(pool, adapters), pool) as running:
+    with RunningApp(create_app(pool, adapters), pool) as running:
         yield running
 
 
@@ -213,7 +186,7 @@ def test_pulling_an_adapter_does_not_stall_requests_to_others(hub, tiny_base, ad
         return original(repo_id, **kwargs)
 
     pool = tunekit.AdapterPool(tiny_base, token=hub.token)
-    with _Running(create_app(pool, adapters), pool) as running:
+    with RunningApp(create_app(pool, adapters), pool) as running:
         client = running.client()
         ask = dict(messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, temperature=0)
         assert client.chat.completions.create(model=adapters[0], **ask).choices[0].message.content == alone[adapters[0]]

@@ -8,17 +8,16 @@ Every test talks to a real server on 127.0.0.1 with the official ``openai`` clie
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from hub_fixtures import free_port, hub  # noqa: F401  (fixture)
+from hub_fixtures import hub  # noqa: F401  (fixture)
+from server_fixtures import RunningApp
 
 import tunekit
 
@@ -67,53 +66,10 @@ def pool(hub, tiny_base):
     return tunekit.AdapterPool(tiny_base, token=hub.token, device="cpu")
 
 
-class _Running:
-    """A uvicorn server for an app, on 127.0.0.1, in a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.port = free_port()
-        self.root = f"http://127.0.0.1:{self.port}"
-        self.url = f"{self.root}/v1"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._uvicorn.started:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self._uvicorn.should_exit = True
-        self._thread.join(timeout=30)
-
-    def client(self, api_key: str = "unused"):
-        return openai.OpenAI(base_url=self.url, api_key=api_key, max_retries=0, timeout=60)
-
-    def raw(self, head: bytes, timeout: float = 5) -> bytes:
-        """Send raw bytes; the reply's status line and headers (whatever came within ``timeout``)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
-            sock.sendall(head)
-            got = b""
-            try:
-                while b"\r\n\r\n" not in got:
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    got += chunk
-            except TimeoutError:
-                pass
-        return got
-
-
-def _serve(pool, adapters=(), **kwargs) -> _Running:
+def _serve(pool, adapters=(), **kwargs) -> RunningApp:
     from tunekit.server import create_app
 
-    return _Running(create_app(pool, list(adapters), **kwargs))
+    return RunningApp(create_app(pool, list(adapters), **kwargs))
 
 
 def _error(exc) -> dict:
