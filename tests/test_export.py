@@ -184,11 +184,11 @@ def test_the_result_carries_typed_records_and_how_to_load(run):
 
 
 def test_an_adapter_that_does_not_fit_says_which_adapter_which_base_and_the_fix(run):
-    from tunekit import adapters
+    from tunekit import adapters, models
 
     with pytest.raises(ModelError) as err:
         adapters.check_fits({}, run.output_dir, adapter="alice/notes-lora", base="bob/other-base")
     message = str(err.value)
     assert message.startswith("the adapter 'alice/notes-lora' does not fit base 'bob/other-base': ")
     assert "no such linear layer" in message and "the base it was trained on" in message
-    assert adapters.has_tokenizer(run.output_dir)
+    assert models.has_tokenizer(run.output_dir)

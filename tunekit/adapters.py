@@ -8,27 +8,20 @@ that fits one fits all three, and a misfit reads the same everywhere.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from . import models
 from .errors import ModelError
 from .placement import Placement
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 _FIX = ("It was trained on another model: use it over the base it was trained on "
         "(tunekit.load(..., base=...) picks the base; an AdapterPool needs one over that base).")
-
-
-def has_tokenizer(folder: str | os.PathLike) -> bool:
-    """True when ``folder`` holds a tokenizer of its own (not just a model or adapter)."""
-    return any((Path(folder) / name).exists() for name in TOKENIZER_FILES)
 
 
 def adapter_tokenizer(folder: str | os.PathLike, base: models.Base):
     """The tokenizer to use with an adapter: its own (it carries the chat template the run was
     trained with), else the base's: adapters made with PEFT alone often ship none."""
-    return models.load_tokenizer(folder if has_tokenizer(folder) else base.path)
+    return models.load_tokenizer(folder if models.has_tokenizer(folder) else base.path)
 
 
 def misfit(adapter: str | os.PathLike, base: str, problems: list[str] | str) -> ModelError:

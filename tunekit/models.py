@@ -146,6 +146,11 @@ def _from_hub(repo_id: str, revision: str | None, token: str | None = None) -> B
 BASE_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` holds a tokenizer of its own (not just a model or adapter)."""
+    return any((Path(folder) / name).exists() for name in BASE_TOKENIZER_FILES)
+
+
 def missing_parts(folder: Path, *, tokenizer: bool = True) -> list[str]:
     """What a model folder (a Hub snapshot) lacks of what tunekit needs to use it as a base.
 
@@ -168,7 +173,7 @@ def missing_parts(folder: Path, *, tokenizer: bool = True) -> list[str]:
         missing += [f"weights ({name})" for name in sorted(shards) if not (folder / name).exists()]
     elif not any(folder.glob("*.safetensors")):
         missing.append("safetensors weights")
-    if tokenizer and not any((folder / name).exists() for name in BASE_TOKENIZER_FILES):
+    if tokenizer and not has_tokenizer(folder):
         missing.append(f"tokenizer ({', '.join(BASE_TOKENIZER_FILES[:-1])} or {BASE_TOKENIZER_FILES[-1]})")
     return missing
 

@@ -184,7 +184,7 @@ class AdapterPool:
                 "the same model under another name.")
         adapters.check_fits(self._shapes, folder, adapter=source, base=self._base.name)
         tokenizer = self._tokenizer
-        if adapters.has_tokenizer(folder):
+        if models.has_tokenizer(folder):
             # The run's own tokenizer carries the chat template it was trained with.
             tokenizer = models.load_tokenizer(folder)
             if len(tokenizer) > self._vocab_rows:

@@ -88,13 +88,11 @@ def _open_all(model: str | os.PathLike, *, repo_id: str | None, adapters: list[s
 
 
 def _open(item: str | os.PathLike, *, repo_id: str | None = None, token: str | None = None) -> _Adapter:
-    # The same rule as tunekit.load: an existing folder is a folder, anything else a Hub id.
-    path = Path(item).expanduser()
-    if not path.is_dir():
-        from . import hub
+    from . import hub
 
-        repo_id = str(item)
-        path = hub.download(repo_id, token=token)
+    # The same rule as tunekit.load: an existing folder is a folder, anything else a Hub id.
+    path, pulled = hub.local_folder(item, token=token)
+    repo_id = pulled or repo_id
     run, metrics = describe_folder(path)
     return _Adapter(folder=path, run=run, metrics=metrics, repo_id=repo_id)
 

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from .errors import TrainingError
 from .folders import check_new, check_resumable, fresh_dir, make_dir, run_name
 from .options import Options, renamed
 from .placement import placement
-from .record import DataInfo, Metrics, RunInfo, TemplateInfo
+from .record import RUN_FILE, DataInfo, Metrics, RunInfo, TemplateInfo
 
 log = logging.getLogger(__name__)
 
-RUN_RECORD = "tunekit.json"  # record.RunInfo's file: a finished run
 CHECKPOINTS = "checkpoints"  # the Trainer's folder inside the run: a run under way
 
 _DATA_ALIASES = {"data_source": "data"}  # renamed in 0.2: one name for the data everywhere
@@ -230,7 +229,7 @@ def output_dir(opts: Options) -> Path:
     if opts.output_dir:
         out = Path(opts.output_dir).expanduser()
         if opts.resume:
-            check_resumable(out, record=RUN_RECORD, work=CHECKPOINTS)
+            check_resumable(out, record=RUN_FILE, work=CHECKPOINTS)
         # Only the main process checks: in a multi-process run the others may look after it
         # has started writing checkpoints there.
         elif os.environ.get("RANK", "0") == "0":

@@ -13,7 +13,7 @@ import logging
 from typing import Literal
 
 from ..data import RowProblem, bad_rows_error, skipped_message
-from ..errors import ConfigError, DataError, TemplateError
+from ..errors import ConfigError, TemplateError
 from .registry import marker_help
 from .render import ChatTokens, installed_template, tokenize_chat
 
