@@ -243,7 +243,7 @@ def test_bad_file_lists_every_problem_with_location_and_fix():
     assert lines[0] == f"{path}: 4 of 6 rows cannot be used:"
     assert lines[1].startswith(f"  - {path}, line 2: invalid JSON (Expecting ',' delimiter")
     assert lines[2] == (f"  - {path}, line 3, messages[1].role: unknown role 'bot'; use one of: "
-                        "system, user, assistant")
+                        "system, user, assistant, tool, function")
     assert lines[3].startswith(f"  - {path}, line 4, messages[1].content: empty")
     assert lines[4].startswith(f"  - {path}, line 5, messages: no assistant message")
     assert lines[5] == 'Fix these rows, or pass on_bad_rows="skip" to train on the 2 good rows.'
@@ -272,8 +272,8 @@ GOOD_BY_KEY = {"conversations": "sharegpt", "instruction": "alpaca", "prompt": "
     ({"messages": []}, "messages", "missing or empty"),
     ({"messages": ["hi", CHAT[1]]}, "messages[0]", "expected an object like"),
     ({"messages": [{"content": "Hi"}, CHAT[1]]}, "messages[0].role", "missing; use one of"),
-    ({"messages": [{"role": "tool", "content": "x"}, *CHAT]}, "messages[0].role",
-     "unknown role 'tool'"),
+    ({"messages": [{"role": "tool", "content": "x"}, *CHAT]}, "messages[0]",
+     "a tool result with no unanswered assistant tool call before it"),
     ({"messages": [CHAT[0], {"role": "assistant"}]}, "messages[1].content", "missing"),
     ({"messages": [CHAT[0], {"role": "assistant", "content": 42}]}, "messages[1].content",
      "expected a string, got a int 42"),
@@ -414,8 +414,10 @@ def test_row_problem_and_bad_rows_error():
 
 def test_format_registry_order():
     # Detection tries them in this order; a new format is one more entry.
-    assert [f.name for f in ROW_FORMATS] == ["messages", "sharegpt", "alpaca", "prompt_completion",
-                                         "text"]
+    # The preference formats (tests/test_data_preferences.py) first: chat formats would claim them.
+    assert [f.name for f in ROW_FORMATS] == ["preference_openai", "preference_sharegpt", "preference",
+                                             "kto_messages", "kto", "messages", "sharegpt", "alpaca",
+                                             "prompt_completion", "text"]
     assert all(f.shape in str(data_error([{"answer": 1}])) for f in ROW_FORMATS)
 
 

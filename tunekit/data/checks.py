@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import reprlib
+from collections.abc import Callable
 from typing import Any
 
 from .schema import Example
@@ -63,7 +64,8 @@ def _short_repr() -> reprlib.Repr:
     return r
 
 
-_quote = _short_repr().repr
+quote = _short_repr().repr
+"""A value as messages quote it: short (``reprlib``), and safe for any nesting."""
 
 
 def lone_surrogate(text: str) -> int | None:
@@ -138,7 +140,7 @@ def string_field(value: Any, where: str, problems: Problems, *, required: bool =
             problems.append((where, "missing (or null); write the text here"))
         return ""
     if not isinstance(value, str):
-        problems.append((where, f"expected a string, got {kind(value)} {_quote(value)}; write "
+        problems.append((where, f"expected a string, got {kind(value)} {quote(value)}; write "
                                 "plain text (multi-part content is not supported)"))
         return ""
     if (problem := text_problem(value)) is not None:
@@ -151,7 +153,8 @@ def string_field(value: Any, where: str, problems: Problems, *, required: bool =
 
 def parse_turns(value: Any, where: str, role_key: str, content_key: str,
                 roles: dict[str, str], problems: Problems, *,
-                system_first: bool = True) -> list[dict]:
+                system_first: bool = True,
+                own_content: Callable[[dict], bool] | None = None) -> list[dict]:
     """Parse a list of turns into messages; ``weight`` stays None where the row gives none.
 
     Args:
@@ -162,9 +165,12 @@ def parse_turns(value: Any, where: str, role_key: str, content_key: str,
         roles: the source's role names mapped to ``ROLES``.
         problems: where to append what is wrong.
         system_first: whether a system message may open the list.
+        own_content: turns for which this returns True have their content checked and set by
+            the caller (``content`` is left ``""``): an assistant's tool call may have none,
+            a ShareGPT ``function_call`` turn holds JSON (``tunekit.data.tools``).
 
     Returns:
-        One message dict per turn that is an object.
+        One message dict per turn that is an object, in order.
     """
     value, shape = json_list(value), f"{{{role_key!r}: ..., {content_key!r}: ...}}"
     if missing(value) or value == []:
@@ -188,14 +194,15 @@ def parse_turns(value: Any, where: str, role_key: str, content_key: str,
         elif role == "system" and (i > 0 or not system_first):
             problems.append((f"{at}.{role_key}", "a system message must be the first message; "
                                                  "move it to the start or make it a user turn"))
-        content = string_field(turn.get(content_key), f"{at}.{content_key}", problems)
+        content = ("" if own_content is not None and own_content(turn)
+                   else string_field(turn.get(content_key), f"{at}.{content_key}", problems))
         weight = None if missing(turn.get("weight")) else turn["weight"]
         if weight is not None and (isinstance(weight, str) or weight not in (0, 1)):
-            problems.append((f"{at}.weight", f"must be 0 or 1, got {_quote(weight)}"))
-        elif weight == 1 and role in ("system", "user"):
+            problems.append((f"{at}.weight", f"must be 0 or 1, got {quote(weight)}"))
+        elif weight == 1 and role is not None and role != "assistant":
             # weight 0 on such a turn is harmless (it is never trained on); 1 would mislead.
             problems.append((f"{at}.weight", "only assistant messages can have weight 1; "
-                                             "system and user turns are never trained on"))
+                                             "system, user and tool turns are never trained on"))
         out.append({"role": role, "content": content,
                     "weight": None if weight is None else int(weight)})
     return out

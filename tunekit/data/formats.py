@@ -12,24 +12,23 @@ from dataclasses import dataclass
 
 from tunekit.errors import DataError
 
-from .checks import Problems, chat_example, json_list, keys, missing, parse_turns, string_field
-from .schema import ROLES, Example
+from .checks import Problems, chat_example, json_list, keys, missing, string_field
+from .schema import Example
 from .sources import Source
+from .tools import Turn, read_turns, tool_example
 
-_ROLES = {r: r for r in ROLES}
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant",
-                   "assistant": "assistant", "system": "system"}
-
-
-# A table of (name, keys it needs, how to describe it, detector, converter).
+# A table of (name, keys it needs, how to describe it, detector, converter). Chat formats carry
+# tool calls too (tunekit.data.tools): a row's tools, calls and results are part of its chat.
 
 
-def _conversation(role_key: str, content_key: str, roles: dict[str, str]):
-    def convert(row: dict, problems: Problems) -> Example:
-        key = "messages" if "messages" in row else "conversations"
-        return chat_example(parse_turns(row.get(key), key, role_key, content_key, roles,
-                                        problems), row, key, problems)
-    return convert
+def _from_messages(row: dict, problems: Problems) -> Example:
+    key = "messages" if "messages" in row else "conversations"
+    return tool_example(read_turns(row.get(key), key, problems), row, key, problems)
+
+
+def _from_sharegpt(row: dict, problems: Problems) -> Example:
+    turns = read_turns(row.get("conversations"), "conversations", problems, sharegpt=True)
+    return tool_example(turns, row, "conversations", problems)
 
 
 def _is_sharegpt(row: dict) -> bool:
@@ -48,24 +47,25 @@ def _from_alpaca(row: dict, problems: Problems) -> Example:
                         row, "output", problems)
 
 
-def _side(row: dict, key: str, role: str, problems: Problems) -> list[dict]:
+def _side(row: dict, key: str, role: str, problems: Problems) -> list[Turn]:
     """One side of a prompt/completion row: a string, or a list of messages."""
     value = json_list(row.get(key))
     if isinstance(value, str) or missing(value):
-        return [{"role": role, "content": string_field(value, key, problems), "weight": None}]
-    return parse_turns(value, key, "role", "content", _ROLES, problems,
-                       system_first=key == "prompt")
+        return [Turn({"role": role, "content": string_field(value, key, problems), "weight": None},
+                     key)]
+    return read_turns(value, key, problems, system_first=key == "prompt")
 
 
 def _from_prompt_completion(row: dict, problems: Problems) -> Example:
     prompt = _side(row, "prompt", "user", problems)
-    for i, m in enumerate(prompt):
-        if m["weight"] == 1:
+    for i, turn in enumerate(prompt):
+        if turn.message["weight"] == 1:
             problems.append((f"prompt[{i}].weight", "the prompt is never trained on; move this "
                                                     "message into completion"))
-        m["weight"] = 0
+        turn.message["weight"] = 0
     completion = _side(row, "completion", "assistant", problems)
-    return chat_example(prompt + completion, row, "completion", problems)
+    # One conversation for the tool checks: a completion's results may answer the prompt's calls.
+    return tool_example(prompt + completion, row, "completion", problems)
 
 
 def _from_text(row: dict, problems: Problems) -> Example:
@@ -92,15 +92,21 @@ class Format:
     convert: Callable[[dict, Problems], Example]
 
 
+from .preferences import PREFERENCE_FORMATS, format_objective  # noqa: E402 (next to the table it joins)
+
 FORMATS: list[Format] = [
     # Tried in order, first match wins (alpaca rows often carry a "text" column too). A new
     # format is one more entry: appended, or inserted before a broader one that would claim its
-    # rows (a preference row's "prompt" would otherwise read as prompt_completion).
-    Format("messages", (), '{"messages": [{"role": ..., "content": ...}, ...]}',
+    # rows. The preference formats (DPO pairs, KTO's labelled completions) come first: their
+    # "messages"/"conversations"/"prompt" would otherwise read as a chat format.
+    *(Format(*spec) for spec in PREFERENCE_FORMATS),
+    Format("messages", (), '{"messages": [{"role": ..., "content": ...}, ...], "tools": [...] '
+            '(optional)}',
             lambda r: "messages" in r or "conversations" in r and not _is_sharegpt(r),
-            _conversation("role", "content", _ROLES)),
-    Format("sharegpt", ("conversations",), '{"conversations": [{"from": ..., "value": ...}]}',
-            lambda r: "conversations" in r, _conversation("from", "value", _SHAREGPT_ROLES)),
+            _from_messages),
+    Format("sharegpt", ("conversations",), '{"conversations": [{"from": ..., "value": ...}], '
+            '"tools": ... (optional)}',
+            lambda r: "conversations" in r, _from_sharegpt),
     Format("alpaca", ("instruction", "output"),
             '{"instruction": ..., "input": ... (optional), "output": ...}',
             lambda r: "instruction" in r, _from_alpaca),
@@ -114,9 +120,13 @@ def format_help() -> str:
     """Every format's name and row shape, for "use one of: …" messages.
 
     Returns:
-        ``"messages {...}; sharegpt {...}; …"``, in :data:`FORMATS` order.
+        ``"messages {...}; sharegpt {...}; …"``, in :data:`FORMATS` order, the demonstration
+        formats first and the preference formats (tried first, but rarer) after them.
     """
-    return "; ".join(f"{f.name} {f.shape}" for f in FORMATS)
+    demos = [f for f in FORMATS if format_objective(f.name) == "sft"]
+    pairs = [f for f in FORMATS if format_objective(f.name) != "sft"]
+    return "; ".join(f"{f.name} {f.shape}" for f in demos) + (
+        "; or, for preference tuning, " + "; ".join(f"{f.name} {f.shape}" for f in pairs) if pairs else "")
 
 
 def detect(row: dict) -> Format | None:

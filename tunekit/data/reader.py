@@ -2,6 +2,8 @@
 
 ``read_examples`` opens the source (``tunekit.data.sources``), recognises and converts each
 row (``tunekit.data.formats``), and reports every bad row at once (``tunekit.data.problems``).
+The rows' shape also settles the training objective (``DataReport.objective``): demonstrations
+(SFT), preference pairs (DPO) or labelled completions (KTO), one per data set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tunekit.errors import ConfigError, DataError
 
 from .checks import Problems, keys, kind
 from .formats import Format, detect, format_help, table_format
+from .preferences import OBJECTIVE_NAMES, format_objective, mixed_objectives_error
 from .problems import RowProblem, bad_rows_error, skipped_message
 from .schema import Example
 from .sources import Source, Unreadable, open_source
@@ -36,7 +39,9 @@ class DataReport:
     Attributes:
         source: where the rows came from: a file or folder path, ``"dataset <id>"``,
             ``"list of dicts"``, ``"datasets.Dataset"``, ``"pandas.DataFrame"``.
-        format: ``messages``, ``sharegpt``, ``alpaca``, ``prompt_completion`` or ``text``.
+        format: the format's name in ``tunekit.data.FORMATS``: ``messages``, ``sharegpt``,
+            ``alpaca``, ``prompt_completion``, ``text``; for preference data ``preference``,
+            ``preference_openai``, ``preference_sharegpt``, ``kto`` or ``kto_messages``.
         rows: rows read (blank jsonl lines are not rows; unparseable ones are).
         kept: rows that became examples.
         skipped: the problems of the rows dropped with ``on_bad_rows="skip"``.
@@ -45,6 +50,8 @@ class DataReport:
         unit: what row numbers count: ``"line"`` (jsonl) or ``"row"``.
         problems: every problem found in these rows so far, by any stage: reading here, then
             tokenisation (``tunekit.templates.encode_rows``); :func:`settle` reports them.
+        objective: what the rows train: ``"sft"`` (demonstrations), ``"dpo"`` (preference
+            pairs) or ``"kto"`` (completions labelled desirable or not), from the format.
     """
 
     source: str
@@ -56,6 +63,7 @@ class DataReport:
     files: list[str] = field(default_factory=list)
     unit: str = "row"
     problems: list[RowProblem] = field(default_factory=list)
+    objective: str = "sft"
 
     def add(self, problems: Sequence[RowProblem]) -> None:
         """Record problems a later stage found in rows of this source."""
@@ -69,10 +77,29 @@ class DataReport:
     def summary(self) -> str:
         """One line for logs and the CLI."""
         dropped = f", skipped {self.rows - self.kept}" if self.kept < self.rows else ""
-        return f"{self.source}: {self.kept} {self.format} examples from {self.rows} rows{dropped}"
+        trains = (f"; objective {self.objective} ({OBJECTIVE_NAMES[self.objective]})"
+                  if self.objective != "sft" else "")
+        return f"{self.source}: {self.kept} {self.format} examples from {self.rows} rows{dropped}{trains}"
 
 
 # The engine.
+
+
+def _check_objectives(src: Source) -> None:
+    """Rows for different objectives (demonstrations and pairs, say) in one source are one error
+    naming the rows of each, not a bad row each: which kind is the mistake is the user's call."""
+    rows: dict[str, list[int]] = {}
+    for n, raw in src.rows:
+        if isinstance(raw, dict) and (fmt := detect(raw)) is not None:
+            rows.setdefault(format_objective(fmt.name), []).append(n)
+    if len(rows) > 1:
+        raise mixed_objectives_error(src.label, src.unit, rows)
+
+
+def _chars(example: Example) -> int:
+    turns = [m for key in ("messages", "prompt", "chosen", "rejected", "completion")
+             for m in example.get(key, ())]
+    return sum(len(m["content"]) for m in turns) + len(example.get("text", ""))
 
 
 def _normalise(src: Source, max_chars: int) -> tuple[Format, list[Example], list[RowProblem]]:
@@ -90,6 +117,7 @@ def _normalise(src: Source, max_chars: int) -> tuple[Format, list[Example], list
             raise DataError(f"{src.label}: no row is in a format tunekit reads ({src.unit} {n} "
                             f"has {got}). Use one of: {format_help()}.", path=src.label, row=n)
         fmt = first[1]
+        _check_objectives(src)
     examples: list[Example] = []
     bad: list[RowProblem] = []
     for n, raw in src.rows:
@@ -110,8 +138,7 @@ def _normalise(src: Source, max_chars: int) -> tuple[Format, list[Example], list
             problems.append((lacking[0], f"missing; {fmt.name} rows need {keys(fmt.needs)}"))
         else:
             example = fmt.convert(raw, problems)
-            chars = sum(len(m["content"]) for m in example.get("messages", ()))
-            chars += len(example.get("text", ""))
+            chars = _chars(example)
             if chars > max_chars:
                 problems.append((None, f"{chars:,} characters, over max_chars={max_chars:,}; "
                                        "shorten or split it, or raise max_chars"))
@@ -144,7 +171,8 @@ def read_examples(
         The examples (see ``tunekit.data``'s docstring for their shape) and a ``DataReport``.
 
     Raises:
-        DataError: the source cannot be read, is empty, matches no format, has bad rows (with
+        DataError: the source cannot be read, is empty, matches no format, mixes rows for
+            different objectives (always, whatever ``on_bad_rows``), has bad rows (with
             ``"raise"``), or no rows remain. ``path``/``row``/``field`` locate the first problem.
         ConfigError: ``on_bad_rows`` or ``max_chars`` is invalid.
 
@@ -175,15 +203,19 @@ def read_rows(source: Any, *, split: str = "train", max_chars: int = MAX_CHARS) 
     for src in sources:
         fmt, kept, problems = _normalise(src, max_chars)
         if first_fmt and fmt.name != first_fmt[1]:
+            ours, theirs = format_objective(fmt.name), format_objective(first_fmt[1])
+            fix = ("use one format for all files" if ours == theirs else
+                   f"those train different objectives ({ours}, {theirs}): keep one kind of row in "
+                   "a data set and train the other separately")
             raise DataError(f"{label}: {src.label} is {fmt.name} but {first_fmt[0]} is "
-                            f"{first_fmt[1]}; use one format for all files.", path=src.label)
+                            f"{first_fmt[1]}; {fix}.", path=src.label)
         first_fmt = first_fmt or (src.label, fmt.name)
         if len(sources) > 1:  # rows restart in each file, so say which file each came from
             kept = [{**e, "file": src.label} for e in kept]
         examples, bad, rows = examples + kept, bad + problems, rows + len(src.rows)
     files = [s.label for s in sources] if isinstance(source, (str, Path)) and not hub_id else []
     report = DataReport(label, first_fmt[1], rows, len(examples), hub_dataset=hub_id, files=files,
-                        unit=sources[0].unit, problems=bad)
+                        unit=sources[0].unit, problems=bad, objective=format_objective(first_fmt[1]))
     return examples, report
 
 
