@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["HubServer", "TestHub", "add_hub_user", "free_port", "hub", "hub_online", "start_hub", "tiny_base"]
+__all__ = ["HubServer", "TestHub", "add_hub_user", "free_port", "hub", "hub_cli", "hub_online", "start_hub",
+           "tiny_base"]
 
 _CLI = [sys.executable, "-m", "tunekit.cli", "hub"]
 
@@ -33,6 +34,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def hub_cli(data_dir: str | Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``tunekit hub ARGS --data DATA_DIR`` (not checked: tests look at the exit status)."""
+    return subprocess.run([*_CLI, *args, "--data", str(data_dir)], capture_output=True, text=True,
+                          timeout=60, input=input)
 
 
 def add_hub_user(data_dir: str | Path, name: str) -> str:

@@ -353,8 +353,8 @@ def test_unimplemented_endpoints_answer_501_naming_the_feature(hub):
     assert e.value.response.status_code == 501
     assert "discussions" in e.value.response.headers["X-Error-Message"]
     with pytest.raises(HfHubHTTPError) as e:
-        hub.api.super_squash_history(repo_id)
-    assert e.value.response.status_code == 501 and "super_squash_history" in str(e.value)
+        hub.api.create_collection("mine")
+    assert e.value.response.status_code == 501 and "collections" in str(e.value)
     with pytest.raises(RepositoryNotFoundError):  # a missing repo is still a 404
         hub.api.model_info("alice/does-not-exist")
 

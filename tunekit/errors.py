@@ -131,6 +131,12 @@ def hub_error(e: Exception, *, repo_id: str | None, action: str, revision: str |
     elif isinstance(e, LocalEntryNotFoundError):
         message = (f"{name} is not in the local cache and the Hub cannot be reached; connect, or set "
                    "HF_ENDPOINT to a reachable hub (e.g. `tunekit hub serve`)")
+    elif "xet-write-token" in str(e) or "xet-read-token" in str(e) or "Xet storage" in str(e):
+        # huggingface_hub uploads through Xet whenever hf_xet is installed, with no fallback the
+        # server could ask for; a Hub without Xet (tunekit's own) then fails with a raw
+        # ConnectionError (or a 501) naming the missing xet-write-token URL.
+        message = (f"{action} {name} failed: this Hub does not support Xet storage. Set "
+                   "HF_HUB_DISABLE_XET=1 before Python starts so huggingface_hub uploads through LFS")
     elif isinstance(e, HfHubHTTPError):
         message = f"{action} {name} failed: {hub_reason(e)}"
     else:

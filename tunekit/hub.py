@@ -11,10 +11,12 @@ calls in (``TuneResult.push``, ``tunekit.load``).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import HubError, hub_error
@@ -76,13 +78,56 @@ def push_run(folder: str | os.PathLike, repo_id: str, *, run: RunInfo, metrics: 
     operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data)
                    for name, data in rewritten.items() if name not in files]
     try:
-        url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.create_commit(repo_id, operations=operations, repo_type="model",
-                                 commit_message=commit_message or f"tunekit: {run.method} fine-tune of {run.published().base}")
-    except (HFValidationError, HfHubHTTPError) as e:
+        with lfs_only_for_tunekit_hub(api.endpoint):
+            url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            info = api.create_commit(repo_id, operations=operations, repo_type="model",
+                                     commit_message=commit_message or f"tunekit: {run.method} fine-tune of {run.published().base}")
+    except (HFValidationError, HfHubHTTPError, ConnectionError) as e:
         raise hub_error(e, repo_id=repo_id, action="pushing to", token=token) from e
     log.info("pushed %d files to %s (commit %s)", len(operations), url, info.oid)
     return str(url)
+
+
+_TUNEKIT_HUB: dict[str, bool] = {}
+# The one Hub known to speak Xet; any other endpoint is asked whether it is a tunekit hub.
+XET_HUBS = ("https://huggingface.co",)
+
+
+def is_tunekit_hub(endpoint: str) -> bool:
+    """Whether ``endpoint`` is a ``tunekit hub serve`` (its ``/api/health`` says so); asked once
+    per endpoint and process, never for huggingface.co."""
+    endpoint = endpoint.rstrip("/")
+    if endpoint in XET_HUBS:
+        return False
+    if endpoint not in _TUNEKIT_HUB:
+        from huggingface_hub import get_session
+
+        try:
+            answer = get_session().get(f"{endpoint}/api/health", timeout=10)
+            _TUNEKIT_HUB[endpoint] = answer.status_code == 200 and answer.json().get("server") == "tunekit-hub"
+        except Exception:  # unreachable or not JSON: the real request will report it
+            return False
+    return _TUNEKIT_HUB[endpoint]
+
+
+@contextlib.contextmanager
+def lfs_only_for_tunekit_hub(endpoint: str) -> Iterator[None]:
+    """Upload through LFS, not Xet, while talking to a tunekit hub.
+
+    huggingface_hub picks Xet on its own whenever ``hf_xet`` is installed (nothing the server
+    answers makes it fall back), and a tunekit hub has no Xet storage. Its switch is the
+    ``HF_HUB_DISABLE_XET`` constant read at import; it is set for the duration of the block only.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_DISABLE_XET or not is_tunekit_hub(endpoint):
+        yield
+        return
+    constants.HF_HUB_DISABLE_XET = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_DISABLE_XET = False
 
 
 def published_files(folder: str | os.PathLike, run: RunInfo, metrics: Metrics) -> dict[str, bytes]:

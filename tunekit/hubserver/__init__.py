@@ -22,7 +22,20 @@ from .settings import HubSettings
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-__all__ = ["HubSettings", "add_org", "add_user", "create_app", "exposure_warning", "serve"]
+__all__ = [
+    "HubSettings",
+    "add_org",
+    "add_user",
+    "client_hint",
+    "create_app",
+    "exposure_warning",
+    "list_tokens",
+    "remove_member",
+    "remove_user",
+    "revoke_token",
+    "rotate_token",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +122,88 @@ def add_org(data_dir: str | Path, name: str, members: list[str] | None = None) -
         HubStore(Path(data_dir)).add_org(name, list(members or []))
     except ApiError as e:
         raise HubError(e.message) from e
+
+
+def _store_call(data_dir: str | Path, method: str, *args, **kwargs):
+    """Call one :class:`.storage.HubStore` method, turning its ApiError into a HubError."""
+    from ..errors import HubError
+    from .errors import ApiError
+    from .storage import HubStore
+
+    try:
+        return getattr(HubStore(Path(data_dir)), method)(*args, **kwargs)
+    except ApiError as e:
+        raise HubError(e.message) from e
+
+
+def list_tokens(data_dir: str | Path, user: str) -> list[tuple[str, str]]:
+    """``(token id, created_at)`` for each token of ``user``; the id names it for
+    :func:`revoke_token` (it is a prefix of the stored hash, not usable to sign in).
+
+    Raises:
+        tunekit.errors.HubError: no such user.
+    """
+    return _store_call(data_dir, "list_tokens", user)
+
+
+def revoke_token(data_dir: str | Path, token_or_id: str) -> str:
+    """Revoke one token (given in clear or by its id): the server refuses it with 401 from the
+    next request on, running or not.
+
+    Returns:
+        The user the token belonged to.
+
+    Raises:
+        tunekit.errors.HubError: no such token.
+    """
+    return _store_call(data_dir, "revoke_token", token_or_id.strip())
+
+
+def rotate_token(data_dir: str | Path, user: str) -> str:
+    """Revoke every token of ``user`` and return one new token, atomically.
+
+    Raises:
+        tunekit.errors.HubError: no such user.
+    """
+    return _store_call(data_dir, "rotate_tokens", user)
+
+
+def remove_user(data_dir: str | Path, name: str, *, delete_repos: bool = False) -> list[str]:
+    """Remove a user: their tokens stop working at once and their org memberships end.
+
+    Args:
+        data_dir: the hub's data folder.
+        name: the user.
+        delete_repos: also delete the repos under the user's namespace; without it a user who
+            owns repos is refused (a new user of the same name would inherit them).
+
+    Returns:
+        The ids of the repos deleted.
+
+    Raises:
+        tunekit.errors.HubError: no such user, or they own repos and ``delete_repos`` is false.
+    """
+    return _store_call(data_dir, "remove_user", name, delete_repos=delete_repos)
+
+
+def remove_member(data_dir: str | Path, org: str, user: str) -> None:
+    """Take ``user`` out of organization ``org``, effective from the next request.
+
+    Raises:
+        tunekit.errors.HubError: ``user`` is not a member of ``org``.
+    """
+    _store_call(data_dir, "remove_member", org, user)
+
+
+def client_hint(url: str) -> str:
+    """What clients set to use the hub at ``url``: the endpoint, and Xet off (the hub stores
+    files through LFS, and huggingface_hub uses Xet whenever ``hf_xet`` is installed)."""
+    return (
+        f"tunekit hub at {url}. Clients set, before Python or `hf` starts:\n"
+        f"  export HF_ENDPOINT={url}\n"
+        "  export HF_TOKEN=<a token from `tunekit hub user add NAME`>\n"
+        "  export HF_HUB_DISABLE_XET=1   # this hub has no Xet storage; uploads go through LFS"
+    )
 
 
 def serve(

@@ -6,6 +6,8 @@ import logging
 import re
 from pathlib import Path
 
+from urllib.parse import unquote
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -13,6 +15,7 @@ from . import routes_commit, routes_files, routes_lfs, routes_repos
 from .context import Hub
 from .errors import ApiError
 from .settings import HubSettings
+from .validate import ENCODED_SLASH
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +25,6 @@ logger = logging.getLogger(__name__)
 UNIMPLEMENTED = (
     (r"/xet-", "Xet storage (set HF_HUB_DISABLE_XET=1 so the client uploads through LFS)"),
     (r"/discussions|/pulls?\b", "pull requests and discussions"),
-    (r"/tag/", "tags (create_tag, delete_tag)"),
-    (r"/super-squash", "super_squash_history"),
-    (r"^/api/repos/move", "move_repo"),
     (r"/(runtime|secrets|variables|hardware|restart|pause|sleeptime)\b", "Space runtime settings"),
     (r"access-request|/user-access-request", "gated repos and access requests"),
     (r"^/api/collections", "collections"),
@@ -32,6 +32,31 @@ UNIMPLEMENTED = (
     (r"^/api/(jobs|inference|endpoints|scheduled-jobs)", "jobs and inference endpoints"),
     (r"^/api/buckets|/buckets/", "storage buckets"),
 )
+
+
+_SLASH = re.compile(r"%2[fF]")
+
+
+class KeepEncodedSlashes:
+    """ASGI middleware: an encoded slash stays part of its URL segment.
+
+    The client quotes revisions with ``safe=""``, so branch ``feature/x`` arrives as
+    ``tree/feature%2Fx/path``; decoded, it would read as branch ``feature`` and path ``x/path``.
+    Each ``%2F`` becomes :data:`.validate.ENCODED_SLASH` before routing, and ``url_param`` turns
+    it back into ``/`` once the segment has been matched to its parameter.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and b"%2" in raw and _SLASH.search(raw.decode("ascii", errors="replace")):
+            # As uvicorn decodes the path (ASCII, then percent-decoding as UTF-8), piece by piece.
+            text = raw.decode("ascii", errors="replace")
+            pieces = [unquote(piece) for piece in _SLASH.split(text)]
+            scope = dict(scope, path=ENCODED_SLASH.join(pieces))
+        await self.app(scope, receive, send)
 
 
 def _header_safe(message: str) -> str:
@@ -89,11 +114,13 @@ def create_app(
         settings = HubSettings(Path(data_dir))
     app = FastAPI(title="tunekit hub", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.hub = Hub(settings)
+    app.add_middleware(KeepEncodedSlashes)
     app.add_exception_handler(ApiError, _api_error)
 
     @app.get("/api/health")
     def health() -> dict:
-        return {"status": "ok"}
+        # "server" lets tunekit's client recognise this hub (and upload through LFS: no Xet).
+        return {"status": "ok", "server": "tunekit-hub", "xet": False}
 
     # Order matters: fixed API paths before the catch-all file URLs of models.
     app.include_router(routes_repos.router)

@@ -105,10 +105,31 @@ def _key(key: object) -> str:
     return key if isinstance(key, str) else str(key)
 
 
-def tags_from_card(card: dict | None) -> list[str]:
-    """Tags the Hub derives from a card: its ``tags`` plus library, license, language, datasets."""
+# Dataset card fields the Hub turns into ``field:value`` tags (what list_datasets filters on).
+DATASET_TAG_FIELDS = (
+    "task_categories",
+    "task_ids",
+    "language",
+    "language_creators",
+    "multilinguality",
+    "size_categories",
+    "license",
+)
+
+
+def tags_from_card(card: dict | None, *, dataset: bool = False) -> list[str]:
+    """Tags the Hub derives from a card: its ``tags`` plus library, license, language, datasets
+    (for a dataset card: its ``tags`` and ``field:value`` for :data:`DATASET_TAG_FIELDS`)."""
     if not card:
         return []
+    if dataset:
+        tags: list[str] = []
+        for field, prefix in [("tags", "")] + [(f, f"{f}:") for f in DATASET_TAG_FIELDS]:
+            values = card.get(field) or []
+            for v in values if isinstance(values, list) else [values]:
+                if isinstance(v, (str, int, float)) and str(v) and f"{prefix}{v}" not in tags:
+                    tags.append(f"{prefix}{v}")
+        return tags
     tags: list[str] = []
 
     def add(value: object, prefix: str = "") -> None:

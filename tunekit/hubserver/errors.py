@@ -46,3 +46,8 @@ def entry_not_found(path: str) -> ApiError:
     hint about deleting folders.
     """
     return ApiError(404, f"A file with this name doesn't exist: {path}", code="EntryNotFound")
+
+
+def not_implemented(feature: str) -> ApiError:
+    """A 501 naming a feature of huggingface.co this hub does not have (never a silent no-op)."""
+    return ApiError(501, f"Not implemented by tunekit hub: {feature}")

@@ -4,6 +4,7 @@ entries (``RepoFile``/``RepoFolder``) and commits (``GitCommitInfo``)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from functools import lru_cache
 
@@ -30,6 +31,74 @@ def card_data(blobs: BlobStore, tree: dict[str, Entry]) -> dict | None:
     """Parsed YAML header of the README.md in ``tree``, if any."""
     readme = tree.get("README.md")
     return _card_from_blob(blobs, readme.sha256) if readme else None
+
+
+# What huggingface.co infers from config.json when the card names no pipeline_tag: the task of
+# the architecture's head, by the class name's suffix (longest first).
+_TASK_BY_HEAD = (
+    ("ForSequenceClassification", "text-classification"),
+    ("ForTokenClassification", "token-classification"),
+    ("ForQuestionAnswering", "question-answering"),
+    ("ForImageClassification", "image-classification"),
+    ("ForAudioClassification", "audio-classification"),
+    ("ForObjectDetection", "object-detection"),
+    ("ForSpeechSeq2Seq", "automatic-speech-recognition"),
+    ("ForCTC", "automatic-speech-recognition"),
+    ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),
+    ("ForMaskedLM", "fill-mask"),
+)
+# PEFT's task_type in adapter_config.json → the same tasks.
+_TASK_BY_PEFT_TYPE = {
+    "CAUSAL_LM": "text-generation",
+    "SEQ_CLS": "text-classification",
+    "TOKEN_CLS": "token-classification",
+    "QUESTION_ANS": "question-answering",
+    "FEATURE_EXTRACTION": "feature-extraction",
+}
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+@lru_cache(maxsize=256)
+def _json_from_blob(blobs: BlobStore, sha256: str) -> dict:
+    try:
+        data = json.loads(blobs.read(sha256, MAX_CONFIG_BYTES))
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _config(blobs: BlobStore, tree: dict[str, Entry], name: str) -> dict | None:
+    entry = tree.get(name)
+    if entry is None or entry.size > MAX_CONFIG_BYTES:
+        return None
+    return _json_from_blob(blobs, entry.sha256)
+
+
+def model_meta(blobs: BlobStore, tree: dict[str, Entry], card: dict | None) -> dict:
+    """``library_name`` and ``pipeline_tag`` of a model: the card's, else inferred from its
+    files as huggingface.co does (``adapter_config.json`` → peft, ``config.json`` → transformers
+    and the task of its architecture), so ``transformers.pipeline(model=…)`` finds the task of a
+    model pushed with ``push_to_hub``."""
+    card = card or {}
+    library, task = card.get("library_name"), card.get("pipeline_tag")
+    adapter = _config(blobs, tree, "adapter_config.json")
+    config = _config(blobs, tree, "config.json")
+    if adapter is not None:
+        library = library or "peft"
+        task = task or _TASK_BY_PEFT_TYPE.get(str(adapter.get("task_type")))
+    if config is not None:
+        library = library or "transformers"
+        architectures = config.get("architectures")
+        arch = architectures[0] if isinstance(architectures, list) and architectures else None
+        if not task and isinstance(arch, str):
+            task = next((t for suffix, t in _TASK_BY_HEAD if arch.endswith(suffix)), None)
+            if task is None and arch.endswith("Model"):
+                task = "feature-extraction"  # a bare encoder (BertModel …)
+    return {
+        "library_name": library if isinstance(library, str) else None,
+        "pipeline_tag": task if isinstance(task, str) else None,
+    }
 
 
 def file_json(path: str, entry: Entry) -> dict:
@@ -77,6 +146,16 @@ def list_tree(tree: dict[str, Entry], folder: str, recursive: bool) -> list[dict
     ]
 
 
+def repo_tags(repo: Repo, card: dict | None, meta: dict | None) -> list[str]:
+    """The tags listings filter on: the card's (:func:`.cards.tags_from_card`) plus the
+    inferred library and task."""
+    tags = tags_from_card(card, dataset=repo.type == "dataset")
+    for value in (meta or {}).values():
+        if value and value not in tags:
+            tags.append(value)
+    return tags
+
+
 def commit_json(commit: Commit) -> dict:
     """One commit of ``list_repo_commits``."""
     return {
@@ -94,9 +173,14 @@ def repo_json(
     tree: dict[str, Entry],
     card: dict | None,
     *,
+    meta: dict | None = None,
     siblings: bool = True,
 ) -> dict:
-    """Repo info as ``/api/{type}s/{id}`` returns it."""
+    """Repo info as ``/api/{type}s/{id}`` returns it.
+
+    Args:
+        meta: a model's ``library_name`` and ``pipeline_tag`` (:func:`model_meta`).
+    """
     data: dict = {
         "_id": hashlib.sha1(f"{repo.type}:{repo.uid}".encode()).hexdigest()[:24],
         "id": repo.repo_id,
@@ -108,7 +192,7 @@ def repo_json(
         "gated": False,
         "disabled": False,
         "likes": 0,
-        "tags": tags_from_card(card),
+        "tags": repo_tags(repo, card, meta),
         "usedStorage": sum(e.size for e in tree.values()),
     }
     if card is not None:
@@ -116,9 +200,7 @@ def repo_json(
     if repo.type == "model":
         data["modelId"] = repo.repo_id
         data["downloads"] = 0
-        if card:
-            data["library_name"] = card.get("library_name")
-            data["pipeline_tag"] = card.get("pipeline_tag")
+        data.update(meta or {})
     elif repo.type == "dataset":
         data["downloads"] = 0
     else:

@@ -25,7 +25,7 @@ from .storage import (
     Repo,
     not_uploaded,
 )
-from .validate import check_oid, check_repo_path, check_revision, is_commit_id
+from .validate import check_oid, check_repo_path, check_revision, is_commit_id, is_short_commit_id
 
 router = APIRouter()
 
@@ -47,7 +47,7 @@ def wants_lfs(path: str, size: int, sample: bytes, settings: HubSettings) -> boo
 async def preupload(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> dict:
-    check_revision(revision)
+    revision = check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name, write=True)
     body = await read_json(request)
     hub = hub_of(request)
@@ -148,8 +148,10 @@ def _commit_from_ndjson(hub: Hub, repo: Repo, author: str, branch: str, body: IO
     if not isinstance(title, str) or not title.strip():
         raise bad_request("The commit needs a non-empty 'summary'")
     parent = header.get("parentCommit")
-    if parent is not None and (not isinstance(parent, str) or not is_commit_id(parent)):
-        raise bad_request("'parentCommit' must be a 40-hex commit id")
+    if parent is not None and (not isinstance(parent, str) or not is_short_commit_id(parent)):
+        raise bad_request("'parentCommit' must be a commit id (7 to 40 hex digits)")
+    if parent is not None:
+        parent = parent.lower()
     return hub.store.commit(
         repo,
         branch,
@@ -165,7 +167,7 @@ def _commit_from_ndjson(hub: Hub, repo: Repo, author: str, branch: str, body: IO
 async def commit(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
     if request.query_params.get("create_pr") in ("1", "true"):
         raise bad_request("This hub does not support pull requests: commit to a branch instead")
-    check_revision(revision)
+    revision = check_revision(revision)
     repo, caller = find_repo(request, segment, namespace, name, write=True)
     if is_commit_id(revision):
         raise bad_request("Commits go to a branch, not to a commit id")

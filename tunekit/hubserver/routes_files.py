@@ -17,8 +17,8 @@ router = APIRouter()
 def _resolve(
     request: Request, rtype: str, namespace: str, name: str, revision: str, path: str
 ) -> FileResponse:
-    check_revision(revision)
-    check_repo_path(path)
+    revision = check_revision(revision)
+    path = check_repo_path(path)
     repo, _ = find_repo(request, rtype, namespace, name)
     hub = hub_of(request)
     commit = hub.store.resolve(repo, revision)

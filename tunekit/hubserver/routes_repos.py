@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -9,18 +11,47 @@ from ..config import TRUE_WORDS
 from .bodies import read_form, read_json
 from .cards import MAX_CARD_BYTES, CardError, parse_card_data
 from .context import base_url, caller_of, find_repo, hub_of, repo_url, require_user
-from .errors import ApiError, bad_request
-from .payloads import card_data, commit_json, file_json, folder_json, list_tree, repo_json
+from .errors import ApiError, bad_request, not_implemented
+from .payloads import (
+    card_data,
+    commit_json,
+    file_json,
+    folder_json,
+    list_tree,
+    model_meta,
+    repo_json,
+)
 from .storage import DEFAULT_BRANCH, GITATTRIBUTES, Entry
-from .validate import SPACE_SDKS, URL_PREFIX, check_repo_path, check_revision, repo_type
+from .validate import (
+    SPACE_SDKS,
+    URL_PREFIX,
+    check_branch,
+    check_repo_path,
+    check_revision,
+    repo_type,
+    url_param,
+)
 
 router = APIRouter()
 
 
-def paginated(request: Request, items: list, limit_param: str | None = None) -> JSONResponse:
+@dataclass
+class Page:
+    """One page of a listing and the ``Link`` header pointing at the next one."""
+
+    items: list
+    headers: dict
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.items, headers=self.headers)
+
+
+def paginated(
+    request: Request, items: list, limit_param: str | None = None, page_size: int | None = None
+) -> Page:
     """One page of ``items`` with a GitHub-style ``Link: <…>; rel="next"`` header, which
     huggingface_hub's ``paginate`` follows. The cursor is an offset; ``limit`` may shrink pages."""
-    page_size = hub_of(request).settings.page_size
+    page_size = min(page_size or 10**9, hub_of(request).settings.page_size)
     try:
         if limit_param:
             page_size = max(1, min(page_size, int(limit_param)))
@@ -31,10 +62,21 @@ def paginated(request: Request, items: list, limit_param: str | None = None) -> 
     headers = {}
     if start + page_size < len(items):
         next_url = request.url.include_query_params(cursor=start + page_size)
-        # base_url, not the request's Host header (see context.base_url).
-        next_url = f"{base_url(request)}{next_url.path}?{next_url.query}"
+        # base_url, not the request's Host header (see context.base_url); the path as it was
+        # sent, so that an encoded slash in a branch name stays encoded.
+        raw_path = request.scope.get("raw_path")
+        path = raw_path.decode("ascii", errors="replace") if raw_path else next_url.path
+        next_url = f"{base_url(request)}{path}?{next_url.query}"
         headers["Link"] = f'<{next_url}>; rel="next"'
-    return JSONResponse(page, headers=headers)
+    return Page(page, headers)
+
+
+def _add_last_commits(hub, repo, commit, entries: list[dict]) -> None:
+    """Add ``lastCommit`` (what ``expand=True`` asks for) to tree or paths-info entries."""
+    last = hub.store.last_commits(repo, commit, [e["path"] for e in entries])
+    for entry in entries:
+        c = last[entry["path"]]
+        entry["lastCommit"] = {"id": c.id, "title": c.title, "date": c.date}
 
 
 def _truthy(value: str | None) -> bool:
@@ -125,6 +167,12 @@ async def delete_repo(request: Request) -> Response:
 async def update_settings(request: Request, segment: str, namespace: str, name: str) -> dict:
     repo, _ = find_repo(request, segment, namespace, name, write=True)
     body = await read_json(request)
+    # Never accept a setting and ignore it: gating in particular would look like protection.
+    if body.get("gated") not in (None, False, "false"):
+        raise not_implemented("gated repos and access requests (update_repo_settings(gated=...))")
+    unknown = sorted(set(body) - {"private", "visibility", "gated"})
+    if unknown:
+        raise not_implemented(f"repo settings {', '.join(map(repr, unknown))}")
     visibility = body.get("visibility")
     if visibility is None and "private" in body:
         visibility = "private" if body["private"] else "public"
@@ -149,31 +197,71 @@ async def validate_yaml(request: Request) -> JSONResponse:
     return JSONResponse({"errors": [], "warnings": []})
 
 
+# ``sort`` values the client sends → the repo info field they order by. Downloads, likes and
+# trending scores are all 0 on this hub, so those orders fall back to the newest first.
+SORT_FIELDS = {
+    "lastModified": "lastModified",
+    "last_modified": "lastModified",
+    "createdAt": "createdAt",
+    "created_at": "createdAt",
+    "id": "id",
+    "downloads": "downloads",
+    "likes": "likes",
+    "trendingScore": "likes",
+    "trending_score": "likes",
+}
+
+
+def _info_of(hub, repo, revision: str = DEFAULT_BRANCH, *, siblings: bool = True) -> dict:
+    commit = hub.store.resolve(repo, revision)
+    tree = hub.store.tree(commit)
+    card = card_data(hub.blobs, tree)
+    meta = model_meta(hub.blobs, tree, card) if repo.type == "model" else None
+    return repo_json(repo, commit, tree, card, meta=meta, siblings=siblings)
+
+
 @router.get("/api/{segment}")
 def list_repos(request: Request, segment: str) -> JSONResponse:
+    """``list_models``/``list_datasets``/``list_spaces``: ``search`` (in the id), ``author``,
+    ``filter`` (every one must be a tag of the repo), ``pipeline_tag``, ``sort`` + ``direction``
+    (-1, the default, is descending) and ``limit``."""
     rtype = repo_type(segment)
     caller = caller_of(request)
     params = request.query_params
     hub = hub_of(request)
     search = (params.get("search") or "").lower()
+    filters = [f for value in params.getlist("filter") for f in value.split(",") if f]
+    pipeline_tag = params.get("pipeline_tag")
+    sort = params.get("sort")
+    if sort is not None and sort not in SORT_FIELDS:
+        raise bad_request(f"Invalid sort {sort!r}: expected one of {sorted(set(SORT_FIELDS))}")
+    direction = params.get("direction", "-1")
+    if direction not in ("1", "-1"):
+        raise bad_request(f"Invalid direction {direction!r}: expected 1 or -1")
     full = _truthy(params.get("full"))
     out = []
     for repo in hub.store.list_repos(rtype, params.get("author")):
         if not caller.can_read(repo) or search not in repo.repo_id.lower():
             continue
-        commit = hub.store.resolve(repo, DEFAULT_BRANCH)
-        tree = hub.store.tree(commit)
-        out.append(repo_json(repo, commit, tree, card_data(hub.blobs, tree), siblings=full))
-    return paginated(request, out, params.get("limit"))
+        info = _info_of(hub, repo, siblings=full)
+        if any(f not in info["tags"] for f in filters):
+            continue
+        if pipeline_tag and info.get("pipeline_tag") != pipeline_tag:
+            continue
+        out.append(info)
+    if sort is not None:
+        field = SORT_FIELDS[sort]
+        # Stable sorts: ties keep the newest-first order (ids break ties of equal counts).
+        out.sort(key=lambda i: i.get("createdAt") or "", reverse=True)
+        out.sort(key=lambda i: i.get(field) or 0 if field in ("downloads", "likes") else i[field],
+                 reverse=direction == "-1")
+    return paginated(request, out, params.get("limit")).response()
 
 
 def _info(request: Request, segment: str, namespace: str, name: str, revision: str) -> dict:
-    check_revision(revision)
+    revision = check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
-    hub = hub_of(request)
-    commit = hub.store.resolve(repo, revision)
-    tree = hub.store.tree(commit)
-    return repo_json(repo, commit, tree, card_data(hub.blobs, tree))
+    return _info_of(hub_of(request), repo, revision)
 
 
 @router.get("/api/{segment}/{namespace}/{name}")
@@ -191,38 +279,44 @@ def repo_info_at(request: Request, segment: str, namespace: str, name: str, revi
 def tree(
     request: Request, segment: str, namespace: str, name: str, revision: str, path: str = ""
 ) -> JSONResponse:
-    check_revision(revision)
+    revision = check_revision(revision)
     path = path.strip("/")
     if path:
-        check_repo_path(path)
+        path = check_repo_path(path)
     repo, _ = find_repo(request, segment, namespace, name)
     hub = hub_of(request)
-    entries = list_tree(
-        hub.store.tree(hub.store.resolve(repo, revision)),
-        path,
-        _truthy(request.query_params.get("recursive")),
-    )
+    commit = hub.store.resolve(repo, revision)
+    recursive = _truthy(request.query_params.get("recursive"))
+    entries = list_tree(hub.store.tree(commit), path, recursive)
     if entries is None:
         raise ApiError(404, f"Folder not found: {path}", code="EntryNotFound")
-    return paginated(request, entries, request.query_params.get("limit"))
+    if _truthy(request.query_params.get("expand")):
+        # Finding each entry's last commit walks the history, so pages are small (as on the Hub).
+        page = paginated(request, entries, request.query_params.get("limit"), page_size=50)
+        _add_last_commits(hub, repo, commit, page.items)
+        return page.response()
+    return paginated(request, entries, request.query_params.get("limit")).response()
 
 
 @router.post("/api/{segment}/{namespace}/{name}/paths-info/{revision}")
 async def paths_info(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> list:
-    check_revision(revision)
+    revision = check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
     form = await read_form(request)
     paths = [check_repo_path(p.strip("/")) for p in form.get("paths", [])]
     hub = hub_of(request)
-    tree = hub.store.tree(hub.store.resolve(repo, revision))
+    commit = hub.store.resolve(repo, revision)
+    tree = hub.store.tree(commit)
     out = []
     for path in paths:
         if path in tree:
             out.append(file_json(path, tree[path]))
         elif any(p.startswith(path + "/") for p in tree):
             out.append(folder_json(path, tree))
+    if _truthy((form.get("expand") or [""])[0]):
+        _add_last_commits(hub, repo, commit, out)
     return out
 
 
@@ -230,23 +324,27 @@ async def paths_info(
 def list_commits(
     request: Request, segment: str, namespace: str, name: str, revision: str
 ) -> JSONResponse:
-    check_revision(revision)
+    revision = check_revision(revision)
     repo, _ = find_repo(request, segment, namespace, name)
     store = hub_of(request).store
     commits = [commit_json(c) for c in store.history(repo, store.resolve(repo, revision))]
-    return paginated(request, commits, request.query_params.get("limit"))
+    return paginated(request, commits, request.query_params.get("limit")).response()
 
 
 @router.get("/api/{segment}/{namespace}/{name}/refs")
 def list_refs(request: Request, segment: str, namespace: str, name: str) -> dict:
     repo, _ = find_repo(request, segment, namespace, name)
-    branches = hub_of(request).store.branches(repo)
+    store = hub_of(request).store
     refs: dict = {
         "branches": [
-            {"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in branches.items()
+            {"name": b, "ref": f"refs/heads/{b}", "targetCommit": c}
+            for b, c in store.branches(repo).items()
         ],
         "converts": [],
-        "tags": [],
+        "tags": [
+            {"name": t, "ref": f"refs/tags/{t}", "targetCommit": c}
+            for t, c in store.tags(repo).items()
+        ],
     }
     if _truthy(request.query_params.get("include_prs")):
         # This hub has no pull requests; the client still reads the key when it asks for them.
@@ -262,12 +360,63 @@ async def create_branch(
     body = await read_json(request)
     store = hub_of(request).store
     start = store.resolve(repo, check_revision(body.get("startingPoint") or DEFAULT_BRANCH))
-    store.create_branch(repo, branch, start)
+    store.create_branch(repo, check_branch(branch), start)
     return {}
 
 
 @router.delete("/api/{segment}/{namespace}/{name}/branch/{branch:path}")
 def delete_branch(request: Request, segment: str, namespace: str, name: str, branch: str) -> dict:
     repo, _ = find_repo(request, segment, namespace, name, write=True)
-    hub_of(request).store.delete_branch(repo, branch)
+    hub_of(request).store.delete_branch(repo, url_param(branch))
     return {}
+
+
+@router.post("/api/{segment}/{namespace}/{name}/tag/{revision}")
+async def create_tag(
+    request: Request, segment: str, namespace: str, name: str, revision: str
+) -> dict:
+    revision = check_revision(revision)
+    repo, _ = find_repo(request, segment, namespace, name, write=True)
+    body = await read_json(request)
+    store = hub_of(request).store
+    message = body.get("message") or ""
+    store.create_tag(repo, body.get("tag"), store.resolve(repo, revision), str(message))
+    return {}
+
+
+@router.delete("/api/{segment}/{namespace}/{name}/tag/{tag}")
+def delete_tag(request: Request, segment: str, namespace: str, name: str, tag: str) -> dict:
+    repo, _ = find_repo(request, segment, namespace, name, write=True)
+    hub_of(request).store.delete_tag(repo, url_param(tag))
+    return {}
+
+
+@router.post("/api/repos/move")
+async def move_repo(request: Request) -> dict:
+    caller = caller_of(request)
+    user = require_user(caller)
+    body = await read_json(request)
+    rtype = body.get("type") or "model"
+    if rtype not in URL_PREFIX:
+        raise bad_request(f"Invalid repo type {rtype!r}")
+    ids = [body.get("fromRepo"), body.get("toRepo")]
+    if not all(isinstance(i, str) and i.count("/") == 1 for i in ids):
+        raise bad_request("Expected 'fromRepo' and 'toRepo' as namespace/name")
+    (src_ns, src_name), (dst_ns, dst_name) = (i.split("/") for i in ids)
+    repo, _ = find_repo(request, rtype, src_ns, src_name, write=True)
+    moved = hub_of(request).store.move_repo(repo, dst_ns, dst_name, user)
+    return {"url": repo_url(request, moved)}
+
+
+@router.post("/api/{segment}/{namespace}/{name}/super-squash/{branch}")
+async def super_squash(
+    request: Request, segment: str, namespace: str, name: str, branch: str
+) -> dict:
+    branch = check_revision(branch)
+    repo, caller = find_repo(request, segment, namespace, name, write=True)
+    body = await read_json(request)
+    message = body.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = f"Super-squash branch '{branch}'"
+    oid = hub_of(request).store.super_squash(repo, branch, message.strip(), caller.name)
+    return {"commitId": oid}

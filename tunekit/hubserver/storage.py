@@ -10,6 +10,9 @@ Each repo has a random ``uid`` besides its row id. SQLite hands a deleted repo's
 repo created, so anything that outlives a request (a commit in flight, an upload grant, a signed
 upload URL) names the repo by ``uid``, never by row id.
 
+Tokens are stored as their sha256 only. A token's *id* is the first :data:`TOKEN_ID_CHARS`
+characters of that hash: enough to name it when revoking, useless to sign in with.
+
 Which blobs a repo may reference is recorded in ``repo_blobs``: those uploaded through the repo's
 own LFS endpoint (``source = 'upload'``) and those in one of its commits (``source = 'tree'``). A
 commit may point at a blob only through such a row of its own repo or a ``tree`` row of a repo the
@@ -32,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import ApiError, bad_request, entry_not_found, repo_not_found, revision_not_found
-from .validate import check_account_name, check_branch, check_name, is_commit_id
+from .validate import check_account_name, check_branch, check_name, is_commit_id, is_short_commit_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -58,6 +61,9 @@ CREATE TABLE IF NOT EXISTS repo_blobs (
     source TEXT NOT NULL CHECK (source IN ('upload', 'tree')),
     PRIMARY KEY (repo_uid, sha256, source));
 CREATE INDEX IF NOT EXISTS repo_blobs_by_sha ON repo_blobs (sha256);
+CREATE TABLE IF NOT EXISTS tags (
+    repo INTEGER NOT NULL, name TEXT NOT NULL, commit_id TEXT NOT NULL, message TEXT NOT NULL,
+    PRIMARY KEY (repo, name));
 """
 
 # What a new repo starts with, as on huggingface.co: one commit holding a .gitattributes that
@@ -69,6 +75,8 @@ LFS_PATTERNS = (
 ).split()
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 DEFAULT_BRANCH = "main"
+#: Length of a token's id (a prefix of its stored sha256), shown by ``tunekit hub token list``.
+TOKEN_ID_CHARS = 12
 
 
 def now_iso() -> str:
@@ -300,6 +308,108 @@ class HubStore:
                     raise bad_request(f"Unknown user {user!r}: add it first")
                 db.execute("INSERT OR IGNORE INTO members VALUES (?, ?)", (name, user))
 
+    def list_tokens(self, user: str) -> list[tuple[str, str]]:
+        """``(token id, created_at)`` of each token of ``user``, oldest first.
+
+        Raises:
+            ApiError: 404 when ``user`` is not a user.
+        """
+        with self._read() as db:
+            _require_user(db, user)
+            rows = db.execute(
+                "SELECT token_hash, created_at FROM tokens WHERE user = ? ORDER BY created_at",
+                (user,),
+            )
+            return [(r["token_hash"][:TOKEN_ID_CHARS], r["created_at"]) for r in rows]
+
+    def revoke_token(self, token_or_id: str) -> str:
+        """Delete one token, given in clear or by its id (``list_tokens``); it is refused (401)
+        from the next request on, since every request looks its token up here.
+
+        Returns:
+            The user the token belonged to.
+
+        Raises:
+            ApiError: 404 when no token matches (or an id matches several).
+        """
+        with self._write() as db:
+            row = db.execute(
+                "SELECT token_hash, user FROM tokens WHERE token_hash = ?",
+                (hash_token(token_or_id),),
+            ).fetchone()
+            if row is None and len(token_or_id) == TOKEN_ID_CHARS:
+                rows = db.execute(
+                    "SELECT token_hash, user FROM tokens WHERE substr(token_hash, 1, ?) = ?",
+                    (TOKEN_ID_CHARS, token_or_id.lower()),
+                ).fetchall()
+                row = rows[0] if len(rows) == 1 else None
+            if row is None:
+                raise ApiError(
+                    404,
+                    "No such token: pass the token itself or its id from `tunekit hub token list`",
+                )
+            db.execute("DELETE FROM tokens WHERE token_hash = ?", (row["token_hash"],))
+            return row["user"]
+
+    def rotate_tokens(self, user: str) -> str:
+        """Revoke every token of ``user`` and issue one new token, in one transaction.
+
+        Returns:
+            The new token, in clear.
+
+        Raises:
+            ApiError: 404 when ``user`` is not a user.
+        """
+        token = _new_token()
+        with self._write() as db:
+            _require_user(db, user)
+            db.execute("DELETE FROM tokens WHERE user = ?", (user,))
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?)", (hash_token(token), user, now_iso()))
+        return token
+
+    def remove_user(self, name: str, *, delete_repos: bool = False) -> list[str]:
+        """Delete user ``name``: their tokens (refused at once), org memberships and account.
+
+        A user who still owns repos is kept unless ``delete_repos``: a user created later under
+        the same name would otherwise inherit the private repos.
+
+        Returns:
+            The ids of the repos deleted with the user.
+
+        Raises:
+            ApiError: 404 when ``name`` is not a user, 409 when they own repos and
+                ``delete_repos`` is false.
+        """
+        with self._write() as db:
+            _require_user(db, name)
+            rows = db.execute("SELECT * FROM repos WHERE namespace = ?", (name,))
+            repos = [_repo(r) for r in rows]
+            if repos and not delete_repos:
+                listed = ", ".join(sorted(f"{r.type} {r.repo_id}" for r in repos))
+                raise ApiError(
+                    409,
+                    f"User {name!r} still owns {len(repos)} repo(s) ({listed}): move or delete them"
+                    " first, or pass --delete-repos",
+                )
+            for repo in repos:
+                _delete_repo_rows(db, repo)
+            db.execute("DELETE FROM tokens WHERE user = ?", (name,))
+            db.execute("DELETE FROM members WHERE user = ?", (name,))
+            db.execute("DELETE FROM accounts WHERE name = ?", (name,))
+        return [r.repo_id for r in repos]
+
+    def remove_member(self, org: str, user: str) -> None:
+        """Take ``user`` out of ``org``: from the next request on they can neither read the
+        org's private repos nor write any of its repos (a commit in flight is refused too).
+
+        Raises:
+            ApiError: 404 when ``user`` is not a member of ``org``.
+        """
+        with self._write() as db:
+            cur = db.execute("DELETE FROM members WHERE org = ? AND user = ?", (org, user))
+            if cur.rowcount == 0:
+                raise ApiError(404, f"{user!r} is not a member of organization {org!r}")
+
     def user_for_token(self, token: str) -> str | None:
         """The user a token belongs to, or ``None`` for an unknown token."""
         with self._read() as db:
@@ -395,10 +505,7 @@ class HubStore:
     def delete_repo(self, repo: Repo) -> None:
         """Forget a repo and its history. Blobs stay: they may be shared with other repos."""
         with self._write() as db:
-            db.execute("DELETE FROM refs WHERE repo = ?", (repo.pk,))
-            db.execute("DELETE FROM commits WHERE repo = ?", (repo.pk,))
-            db.execute("DELETE FROM repo_blobs WHERE repo_uid = ?", (repo.uid,))
-            db.execute("DELETE FROM repos WHERE pk = ?", (repo.pk,))
+            _delete_repo_rows(db, repo)
 
     def set_private(self, repo: Repo, private: bool) -> None:
         """Change a repo's visibility."""
@@ -432,24 +539,25 @@ class HubStore:
             )
             return {r["name"]: r["commit_id"] for r in rows}
 
+    def tags(self, repo: Repo) -> dict[str, str]:
+        """Tag name → commit id."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name, commit_id FROM tags WHERE repo = ? ORDER BY name", (repo.pk,)
+            )
+            return {r["name"]: r["commit_id"] for r in rows}
+
     def resolve(self, repo: Repo, revision: str) -> Commit:
-        """The commit a branch name or a full commit id of this repo points to.
+        """The commit a branch, a tag, or a full or short (7+ hex) commit id of this repo names.
+
+        Branches win over tags (the two never share a name), and both over commit ids, as in git.
 
         Raises:
-            ApiError: 404 ``RevisionNotFound``.
+            ApiError: 404 ``RevisionNotFound``; 400 for a short id that matches several commits.
         """
         with self._read() as db:
-            row = db.execute(
-                "SELECT commit_id FROM refs WHERE repo = ? AND name = ?", (repo.pk, revision)
-            ).fetchone()
-            commit_id = row["commit_id"] if row else (revision if is_commit_id(revision) else None)
-            found = (
-                commit_id
-                and db.execute(
-                    "SELECT * FROM commits WHERE id = ? AND repo = ?", (commit_id, repo.pk)
-                ).fetchone()
-            )
-        if not found:
+            found = _resolve(db, repo.pk, revision)
+        if found is None:
             raise revision_not_found(revision)
         return _commit(found)
 
@@ -470,14 +578,41 @@ class HubStore:
                 row = db.execute("SELECT * FROM commits WHERE id = ?", (current.parent,)).fetchone()
                 current = _commit(row) if row else None
 
+    def last_commits(self, repo: Repo, commit: Commit, paths: list[str]) -> dict[str, Commit]:
+        """For each path (file or folder), the newest commit in ``commit``'s history that
+        changed it (what the Hub reports as ``lastCommit`` with ``expand=True``)."""
+        if not paths:
+            return {}
+        out: dict[str, Commit] = {}
+        pending = set(paths)
+        newer: Commit | None = None
+        newer_tree: dict[str, Entry] = {}
+        for current in self.history(repo, commit):
+            tree = self.tree(current)
+            if newer is not None:
+                for path in list(pending):
+                    if _subtree(tree, path) != _subtree(newer_tree, path):
+                        out[path] = newer
+                        pending.discard(path)
+            if not pending:
+                return out
+            newer, newer_tree = current, tree
+        for path in pending:  # unchanged since the first commit
+            out[path] = newer
+        return out
+
     def create_branch(self, repo: Repo, branch: str, start: Commit) -> None:
         """Point a new branch at ``start``.
 
         Raises:
-            ApiError: 409 if the branch exists.
+            ApiError: 409 if the branch (or a tag of that name) exists.
         """
         check_branch(branch)
         with self._write() as db:
+            if db.execute(
+                "SELECT 1 FROM tags WHERE repo = ? AND name = ?", (repo.pk, branch)
+            ).fetchone():
+                raise ApiError(409, f"A tag named {branch!r} exists: choose another branch name")
             try:
                 db.execute("INSERT INTO refs VALUES (?, ?, ?)", (repo.pk, branch, start.id))
             except sqlite3.IntegrityError:
@@ -491,6 +626,88 @@ class HubStore:
             cur = db.execute("DELETE FROM refs WHERE repo = ? AND name = ?", (repo.pk, branch))
             if cur.rowcount == 0:
                 raise revision_not_found(branch)
+
+    def create_tag(self, repo: Repo, tag: str, target: Commit, message: str = "") -> None:
+        """Tag ``target``. Tags do not move; delete and create again to retarget.
+
+        Raises:
+            ApiError: 400 for a bad name, 409 if the tag (or a branch of that name) exists.
+        """
+        check_branch(tag, "tag")
+        with self._write() as db:
+            if db.execute(
+                "SELECT 1 FROM refs WHERE repo = ? AND name = ?", (repo.pk, tag)
+            ).fetchone():
+                raise ApiError(409, f"A branch named {tag!r} exists: choose another tag name")
+            try:
+                db.execute(
+                    "INSERT INTO tags VALUES (?, ?, ?, ?)", (repo.pk, tag, target.id, message)
+                )
+            except sqlite3.IntegrityError:
+                raise ApiError(409, f"Tag {tag!r} already exists") from None
+
+    def delete_tag(self, repo: Repo, tag: str) -> None:
+        """Remove a tag; the commit stays."""
+        with self._write() as db:
+            cur = db.execute("DELETE FROM tags WHERE repo = ? AND name = ?", (repo.pk, tag))
+            if cur.rowcount == 0:
+                raise revision_not_found(tag)
+
+    # --- renaming and squashing -------------------------------------------------------------
+
+    def move_repo(self, repo: Repo, namespace: str, name: str, author: str) -> Repo:
+        """Rename ``repo`` to ``namespace/name`` (another namespace the author owns, too).
+
+        The repo keeps its ``uid``, history and files; commits in flight land in it under the
+        new name. The old name is free afterwards.
+
+        Raises:
+            ApiError: 400 bad name or a case twin, 403 the author cannot write both namespaces,
+                404 the repo is gone, 409 the target exists.
+        """
+        check_name(namespace, "namespace")
+        check_name(name, "repo name")
+        with self._write() as db:
+            pk = _writable_pk(db, repo, author)
+            if not _owns(db, author, namespace):
+                raise ApiError(403, f"You cannot create repos under the namespace {namespace!r}")
+            taken = db.execute(
+                "SELECT namespace, name FROM repos WHERE type = ? AND lower(namespace) = lower(?)"
+                " AND lower(name) = lower(?) AND pk != ?",
+                (repo.type, namespace, name, pk),
+            ).fetchone()
+            if taken is not None:
+                taken_id = f"{taken['namespace']}/{taken['name']}"
+                raise ApiError(409, f"Repository {taken_id} already exists")
+            db.execute(
+                "UPDATE repos SET namespace = ?, name = ? WHERE pk = ?", (namespace, name, pk)
+            )
+            return _repo(db.execute("SELECT * FROM repos WHERE pk = ?", (pk,)).fetchone())
+
+    def super_squash(self, repo: Repo, branch: str, message: str, author: str) -> str:
+        """Replace the history of ``branch`` by one commit holding its current files.
+
+        Commits no other branch or tag reaches are deleted, so their files can no longer be read
+        from this repo by commit id (they stay in other repos that hold the same content).
+
+        Returns:
+            The new commit id.
+        """
+        with self._write() as db:
+            pk = _writable_pk(db, repo, author)
+            row = db.execute(
+                "SELECT commit_id FROM refs WHERE repo = ? AND name = ?", (pk, branch)
+            ).fetchone()
+            if row is None:
+                raise revision_not_found(branch)
+            tree_id = db.execute(
+                "SELECT tree FROM commits WHERE id = ?", (row["commit_id"],)
+            ).fetchone()["tree"]
+            row = db.execute("SELECT entries FROM trees WHERE id = ?", (tree_id,)).fetchone()
+            tree = {path: Entry(*values) for path, values in json.loads(row["entries"]).items()}
+            commit_id = self._insert_commit(db, pk, branch, None, tree, message, "", author)
+            _drop_unreachable(db, pk, repo.uid)
+            return commit_id
 
     # --- commits --------------------------------------------------------------------------
 
@@ -534,6 +751,10 @@ class HubStore:
             if row is None:
                 raise revision_not_found(branch)
             head = row["commit_id"]
+            if parent_commit is not None and len(parent_commit) < 40:
+                # A short id (7+ hex) stands for the one commit of this repo it begins.
+                match = _commit_by_prefix(db, repo_pk, parent_commit)
+                parent_commit = match["id"] if match is not None else parent_commit
             if parent_commit is not None and parent_commit != head:
                 raise ApiError(
                     412,
@@ -679,6 +900,92 @@ def _writable_pk(db: sqlite3.Connection, repo: Repo, author: str) -> int:
     if not is_user or (namespace != author and not member):
         raise ApiError(403, f"You don't have write access to {repo.repo_id}")
     return row["pk"]
+
+
+def _delete_repo_rows(db: sqlite3.Connection, repo: Repo) -> None:
+    for table in ("refs", "tags", "commits"):
+        db.execute(f"DELETE FROM {table} WHERE repo = ?", (repo.pk,))
+    db.execute("DELETE FROM repo_blobs WHERE repo_uid = ?", (repo.uid,))
+    db.execute("DELETE FROM repos WHERE pk = ?", (repo.pk,))
+
+
+def _require_user(db: sqlite3.Connection, name: str) -> None:
+    row = db.execute("SELECT kind FROM accounts WHERE name = ?", (name,)).fetchone()
+    if row is None or row["kind"] != "user":
+        raise ApiError(404, f"No user {name!r} on this hub")
+
+
+def _resolve(db: sqlite3.Connection, repo_pk: int, revision: str) -> sqlite3.Row | None:
+    commit_id = None
+    for table in ("refs", "tags"):
+        row = db.execute(
+            f"SELECT commit_id FROM {table} WHERE repo = ? AND name = ?", (repo_pk, revision)
+        ).fetchone()
+        if row is not None:
+            commit_id = row["commit_id"]
+            break
+    if commit_id is None and is_commit_id(revision):
+        commit_id = revision
+    if commit_id is not None:
+        return db.execute(
+            "SELECT * FROM commits WHERE id = ? AND repo = ?", (commit_id, repo_pk)
+        ).fetchone()
+    if is_short_commit_id(revision):
+        return _commit_by_prefix(db, repo_pk, revision)
+    return None
+
+
+def _commit_by_prefix(db: sqlite3.Connection, repo_pk: int, prefix: str) -> sqlite3.Row | None:
+    """The commit of the repo whose id starts with ``prefix`` (hex only, so LIKE is safe)."""
+    rows = db.execute(
+        "SELECT * FROM commits WHERE repo = ? AND id LIKE ? LIMIT 2",
+        (repo_pk, prefix.lower() + "%"),
+    ).fetchall()
+    if len(rows) > 1:
+        raise bad_request(f"Ambiguous short commit id {prefix!r}: give more of its hex digits")
+    return rows[0] if rows else None
+
+
+def _subtree(tree: dict[str, Entry], path: str) -> list[tuple[str, str]]:
+    prefix = path + "/"
+    return sorted((p, e.oid) for p, e in tree.items() if p == path or p.startswith(prefix))
+
+
+def _owns(db: sqlite3.Connection, user: str, namespace: str) -> bool:
+    if namespace == user:
+        return True
+    member = db.execute(
+        "SELECT 1 FROM members WHERE org = ? AND user = ?", (namespace, user)
+    ).fetchone()
+    return member is not None
+
+
+def _drop_unreachable(db: sqlite3.Connection, repo_pk: int, repo_uid: str) -> None:
+    """Delete the repo's commits no branch or tag reaches, and the grants only they held."""
+    parents = {
+        r["id"]: r["parent"]
+        for r in db.execute("SELECT id, parent FROM commits WHERE repo = ?", (repo_pk,))
+    }
+    heads = [
+        r["commit_id"]
+        for table in ("refs", "tags")
+        for r in db.execute(f"SELECT commit_id FROM {table} WHERE repo = ?", (repo_pk,))
+    ]
+    reachable: set[str] = set()
+    for head in heads:
+        while head is not None and head not in reachable and head in parents:
+            reachable.add(head)
+            head = parents[head]
+    doomed = [c for c in parents if c not in reachable]
+    db.executemany("DELETE FROM commits WHERE id = ?", [(c,) for c in doomed])
+    db.execute("DELETE FROM repo_blobs WHERE repo_uid = ? AND source = 'tree'", (repo_uid,))
+    rows = db.execute(
+        "SELECT trees.entries AS entries FROM commits JOIN trees ON trees.id = commits.tree"
+        " WHERE commits.repo = ?",
+        (repo_pk,),
+    ).fetchall()
+    for row in rows:
+        _grant(db, repo_uid, (v[0] for v in json.loads(row["entries"]).values()), "tree")
 
 
 def _refuse_case_twin(db: sqlite3.Connection, name: str) -> None:

@@ -21,6 +21,11 @@ SPACE_SDKS = ("gradio", "docker", "static", "streamlit")
 # fullmatch, never "$": "$" also matches before a trailing newline, so "<oid>\n" would pass.
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+# git's default abbreviation is 7 digits; fewer would match too many commits to be useful.
+_SHORT_COMMIT_ID = re.compile(r"[0-9a-fA-F]{7,40}")
+#: What an encoded slash (``%2F``) inside one URL segment becomes before routing (see
+#: :func:`.app.keep_encoded_slashes`); a private-use character no valid name contains.
+ENCODED_SLASH = "\ue000"
 _BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 # A drive ("C:", "C:x") in any segment: huggingface_hub refuses to download such a file (and
 # aborts the whole snapshot), since on Windows it would leave the target folder.
@@ -113,6 +118,7 @@ def check_repo_path(path: object) -> str:
     """
     if not isinstance(path, str):
         raise bad_request("Invalid path: expected a string")
+    path = url_param(path)
     problem = _path_problem(path)
     if problem is None and "%" in path:
         problem = _path_problem(unquote(path))
@@ -138,18 +144,31 @@ def is_commit_id(rev: str) -> bool:
     return bool(_COMMIT_ID.fullmatch(rev))
 
 
-def check_branch(name: object) -> str:
-    """Validate a branch name (letters, digits, ``._/-``; no ``..``)."""
+def is_short_commit_id(rev: str) -> bool:
+    """Whether ``rev`` could be a commit id shortened to 7 or more hex digits."""
+    return bool(_SHORT_COMMIT_ID.fullmatch(rev))
+
+
+def url_param(value: str) -> str:
+    """A path parameter as the client meant it: an encoded slash (``%2F``) is a slash again."""
+    return value.replace(ENCODED_SLASH, "/")
+
+
+def check_branch(name: object, what: str = "branch") -> str:
+    """Validate a branch (or tag) name (letters, digits, ``._/-``; no ``..``)."""
+    if isinstance(name, str):
+        name = url_param(name)
     if not isinstance(name, str) or not _BRANCH.fullmatch(name) or ".." in name or "//" in name:
         raise bad_request(
-            f"Invalid branch name {name!r}: use letters, digits and '._/-', starting with a letter"
+            f"Invalid {what} name {name!r}: use letters, digits and '._/-', starting with a letter"
             " or digit, without '..' or '//'"
         )
     return name
 
 
 def check_revision(revision: object) -> str:
-    """Validate a revision as a request names it (a branch or a commit id).
+    """Validate a revision as a request names it (a branch, a tag or a commit id) and return it
+    as the client meant it (encoded slashes restored: see :func:`url_param`).
 
     Raises:
         ApiError: 400 for control characters (a NUL would end up in an error header and drop the
@@ -157,6 +176,7 @@ def check_revision(revision: object) -> str:
     """
     if not isinstance(revision, str) or not revision:
         raise bad_request("Invalid revision: expected a branch name or a commit id")
+    revision = url_param(revision)
     if any(ord(c) < 32 or ord(c) == 127 for c in revision):
         raise bad_request(f"Invalid revision {revision!r}: control character (or NUL)")
     if len(revision) > 256:
