@@ -3,7 +3,7 @@
 A blob is written to ``tmp/`` first, hashed while it streams in, checked against the expected
 sha256 and size, fsynced, and only then renamed into place. So a blob file that exists is always
 complete and correct, and no database row is needed to say so. (Whether a *repo* may use a blob
-is another matter: see ``repo_blobs`` in :mod:`.storage`.)
+is another matter: see :mod:`.grants`.)
 
 Temporary files carry the writing process's id, so a server starting up can delete those left by a
 killed process without touching the uploads of another server running on the same data dir.
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import ApiError, bad_request
-from .storage import private_dir
+from .database import private_dir
 from .validate import check_oid
 
 

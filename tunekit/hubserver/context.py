@@ -13,9 +13,11 @@ from pathlib import Path
 from fastapi import Request
 
 from .blobs import BlobStore
+from .database import private_dir
 from .errors import ApiError, repo_not_found
+from .records import Repo
 from .settings import HubSettings
-from .storage import HubStore, Repo, private_dir
+from .storage import HubStore
 from .validate import URL_PREFIX, check_name, repo_type
 
 # The client's message for a bad token; with it, huggingface_hub reports a plain 401 instead of

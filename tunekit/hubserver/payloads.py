@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from .blobs import BlobStore
 from .cards import MAX_CARD_BYTES, CardError, parse_card_data, tags_from_card
-from .storage import Commit, Entry, Repo
+from .records import Commit, Entry, Repo
 
 logger = logging.getLogger(__name__)
 

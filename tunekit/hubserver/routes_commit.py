@@ -14,17 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from .bodies import read_json, spool_body
 from .context import Hub, find_repo, hub_of, repo_url
 from .errors import ApiError, bad_request
+from .grants import not_uploaded
+from .records import LFS_PATTERNS, AddFile, DeleteFile, DeleteFolder, Entry, Operation, Repo
 from .settings import HubSettings
-from .storage import (
-    LFS_PATTERNS,
-    AddFile,
-    DeleteFile,
-    DeleteFolder,
-    Entry,
-    Operation,
-    Repo,
-    not_uploaded,
-)
 from .validate import check_oid, check_repo_path, check_revision, is_commit_id, is_short_commit_id
 
 router = APIRouter()

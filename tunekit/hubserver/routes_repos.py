@@ -21,7 +21,7 @@ from .payloads import (
     model_meta,
     repo_json,
 )
-from .storage import DEFAULT_BRANCH, GITATTRIBUTES, Entry
+from .records import DEFAULT_BRANCH, GITATTRIBUTES, Entry
 from .validate import (
     SPACE_SDKS,
     URL_PREFIX,
