@@ -83,7 +83,7 @@ def test_list_templates_names_every_shipped_file():
     for name in ALL:
         source = (folder / f"{name}.jinja").read_text()
         assert source.startswith("{#-"), name  # header comment: family, source, eos
-        for field in ("family:", "source:", "eos:"):
+        for field in ("family:", "source:", "eos:", "tools:"):
             assert field in source.split("#}")[0], (name, field)
         assert "{%- generation -%}" in source and "{%- endgeneration -%}" in source
 

@@ -10,7 +10,8 @@ end-of-turn token in ``{% generation %}…{% endgeneration %}``: those are the t
 Modules: ``registry`` (the families, choosing and installing a template, marker checks),
 ``render`` (rendering a conversation with its generation spans, and ``tokenize_chat``: encoding
 it so that control tokens typed into a message stay text, for training and serving alike),
-``encoding`` (ids and labels), ``preview`` (what a row looks like, trained spans marked).
+``encoding`` (ids and labels), ``preview`` (what a row looks like, trained spans marked),
+``tools`` (each template's tool-call format: ``tool_style``, ``parse_reply``, ``call_prefix``).
 
 Typical use::
 
@@ -32,17 +33,21 @@ from .registry import (
     list_templates,
     resolve_template,
 )
+from .tools import call_prefix, parse_reply, tool_style
 
 __all__ = [
     "ChatTemplate",
     "IGNORE_INDEX",
     "apply_template",
+    "call_prefix",
     "encode",
     "encode_all",
     "encode_rows",
     "get_template",
     "has_generation_markers",
     "list_templates",
+    "parse_reply",
     "preview",
     "resolve_template",
+    "tool_style",
 ]

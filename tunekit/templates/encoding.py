@@ -15,7 +15,8 @@ from typing import Literal
 from ..data import RowProblem, bad_rows_error, skipped_message
 from ..errors import ConfigError, TemplateError
 from .registry import marker_help
-from .render import ChatTokens, installed_template, tokenize_chat
+from .render import ChatTokens, PrefixMismatch, installed_template, template_messages, tokenize_chat
+from .tools import tool_style
 
 logger = logging.getLogger("tunekit.templates")
 
@@ -53,11 +54,21 @@ def _tokenize_row(tokenizer, example: dict) -> ChatTokens:
     row faults. Control tokens typed into a message are encoded as text (:func:`tokenize_chat`)."""
     import jinja2
 
-    # Only what the template reads: tunekit's weight stays out. Tool calling adds the messages'
-    # tool keys here and passes tokenize_chat(..., tools=example.get("tools")).
-    chat = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    source = installed_template(tokenizer)
+    chat = template_messages(example["messages"])
+    tools = example.get("tools") or None
+    if (tools or any(m["role"] == "tool" or m.get("tool_calls") for m in chat)) and tool_style(source) is None:
+        # Not a row problem: every tool row would fail the same way.
+        raise TemplateError(
+            "This chat template has no tool-calling format, and the data has tools or tool calls "
+            f"({'a row' if example.get('row') is None else 'row ' + str(example['row'])}). Templates "
+            "with one: chatml and qwen-2 (hermes), llama-3 (llama-3.1), mistral; or the base's own "
+            "template when it renders tools (Qwen2.5, Llama 3.1, Mistral v0.3, …)."
+        )
     try:
-        return tokenize_chat(tokenizer, installed_template(tokenizer), chat, cut_at_generation=True)
+        return tokenize_chat(tokenizer, source, chat, tools=tools, cut_at_generation=True)
+    except PrefixMismatch as e:
+        raise _Rejected("messages", str(e)) from e
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"The chat template has a Jinja syntax error: {e}") from e
     except (jinja2.TemplateError, TypeError) as e:
@@ -141,7 +152,9 @@ def encode(
         example: a normalised row (:class:`tunekit.data.Example`):
             ``{"messages": [{"role", "content", "weight"?}, …], "row": n}`` or
             ``{"text": str, "row": n}``. ``weight`` (default 1) only matters for assistant
-            messages: 0 keeps the turn as context without training on it.
+            messages: 0 keeps the turn as context without training on it. Tool-calling rows add
+            ``"tools"`` and messages' ``tool_calls`` / ``role: "tool"`` results: an assistant
+            turn's calls are trained with it, results and schemas never.
         tokenizer: a tokenizer with the chat template installed (:func:`apply_template`).
         train_on: ``"assistant"`` trains exactly the content plus end-of-turn token of each
             assistant message with weight 1 (everything else is context); ``"all"`` trains every
@@ -157,7 +170,8 @@ def encode(
     Raises:
         DataError: the row is longer than ``max_length``, has no trained token, or the template
             rejects it (e.g. roles that do not alternate); the message starts ``"row N, field:"``.
-        TemplateError: the installed template lacks (or misplaces) generation markers.
+        TemplateError: the installed template lacks (or misplaces) generation markers, or has no
+            tool-calling format for a row with tools.
 
     Example:
         >>> encode({"messages": [{"role": "user", "content": "Hi"},

@@ -6,7 +6,8 @@ in a tokenizer's own template. Every shipped template wraps exactly each assista
 content plus its end-of-turn token in ``{% generation %}…{% endgeneration %}``: those are the
 tokens trained when ``train_on="assistant"``, the same markers TRL's ``assistant_only_loss``
 and transformers' ``return_assistant_tokens_mask`` rely on. Custom templates are checked for
-those markers here, before anything is encoded.
+those markers here, before anything is encoded. A base's own template that renders tools is used
+unchanged instead (see :func:`resolve_template`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from ..config import shipped_dir
 from ..errors import TemplateError
-from .render import render
+from .render import mark_prefix_spans, render
+from .tools import tool_style
 
 logger = logging.getLogger("tunekit.templates")
 
@@ -281,6 +283,60 @@ def _from_text(tokenizer, name: str, source: str) -> ChatTemplate:
     return ChatTemplate.from_source(name, source, _probe_eos(tokenizer, source, name))
 
 
+# A tool conversation every tool-aware template can render: to check that the base's own template
+# renders the same text once tunekit has marked it.
+_TOOLS_PROBE = [{"type": "function", "function": {
+    "name": "get_time", "description": "The time in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+_TOOL_CALL_PROBE = [
+    {"role": "user", "content": "Time in Rome?"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "abcdefgh1", "type": "function", "function": {"name": "get_time", "arguments": {"city": "Rome"}}}]},
+    {"role": "tool", "content": "12:00", "tool_call_id": "abcdefgh1", "name": "get_time"},
+    {"role": "assistant", "content": "It is noon."},
+]
+
+
+def _own_as_is(tokenizer, own: str) -> ChatTemplate:
+    """The base's own template, unchanged, for a base whose template renders tools: training then
+    renders exactly what ``apply_chat_template(messages, tools=tools)`` gives at serving time.
+
+    It has no generation markers; :func:`~tunekit.templates.render.mark_prefix_spans` adds a
+    comment (which renders nothing) so that each reply is found by rendering prefixes.
+    """
+    family = _detect_family(own)
+    # The end of turn is what the template writes right after a reply: its family's token, or the
+    # tokenizer's eos_token when the template writes that variable (Mistral's does).
+    candidates = [c for c in (family.eos if family else None, getattr(tokenizer, "eos_token", None)) if c]
+    try:
+        probe, _ = render(tokenizer, own, _PROBE)
+    except Exception as e:  # noqa: BLE001 - any failure here means the template is unusable
+        raise TemplateError(f"The tokenizer's own chat template cannot render a plain chat: {e}") from e
+    after = probe[probe.rfind(_PROBE_REPLY) + len(_PROBE_REPLY):] if _PROBE_REPLY in probe else ""
+    eos = next((c for c in candidates if after.startswith(c)), None)
+    if not eos:
+        raise TemplateError(
+            "The tokenizer's own chat template renders tools but tunekit cannot tell its "
+            f"end-of-turn token (none of {candidates} follows a reply). Pass a shipped template "
+            "(template=...) or add generation markers. " + marker_help()
+        )
+    source = mark_prefix_spans(own, eos)
+    for messages, tools in ((_PROBE, None), (_TOOL_CALL_PROBE, _TOOLS_PROBE)):
+        try:
+            expected, _ = render(tokenizer, own, messages, tools=tools)
+        except Exception:  # noqa: BLE001 - a template may refuse the probe (e.g. its id rules)
+            continue
+        text, spans = render(tokenizer, source, messages, tools=tools)
+        replies = [m for m in messages if m["role"] == "assistant"]
+        if text != expected or len(spans) != len(replies) or not text[spans[-1][0]:spans[-1][1]].endswith(eos):
+            raise TemplateError(
+                "tunekit cannot find the replies in the tokenizer's own chat template's text (it "
+                f"renders tools, but no reply ends with {eos!r}). Pass a shipped template "
+                "(template=...) or add generation markers. " + marker_help()
+            )
+    return ChatTemplate.from_source("base", source, eos)
+
+
 def _shipped_for(tokenizer, family: _Family) -> ChatTemplate:
     tpl = get_template(family.name)
     if family.eos is None and getattr(tokenizer, "eos_token", None):
@@ -293,7 +349,10 @@ def resolve_template(tokenizer, template: str | None = None) -> ChatTemplate:
     """Choose the chat template for a tokenizer.
 
     With ``template=None``: the tokenizer's own template when it already has
-    ``{% generation %}`` markers (``name="base"``); else the shipped template of the family its
+    ``{% generation %}`` markers (``name="base"``); else, when it renders tools (Qwen2.5, Qwen3,
+    Llama 3.1/3.2, Mistral v0.3, …), the tokenizer's own template as it is (``name="base"``: its
+    replies are found by rendering prefixes, so training renders exactly what
+    ``apply_chat_template(messages, tools=tools)`` gives); else the shipped template of the family its
     template belongs to (detected from its text: ``<|im_start|>`` → chatml, or qwen-2 when it
     mentions Qwen; ``<|start_header_id|>`` → llama-3; ``[INST]`` → mistral;
     ``<start_of_turn>`` → gemma; ``<|end|>`` + ``<|user|>`` → phi-3; ``<|user|>`` + ``</s>`` →
@@ -321,6 +380,15 @@ def resolve_template(tokenizer, template: str | None = None) -> ChatTemplate:
         if own and has_generation_markers(own):
             logger.info("Using the tokenizer's own chat template (it has generation markers)")
             return _from_text(tokenizer, "base", own)
+        if own and tool_style(own) is not None:
+            try:
+                tpl = _own_as_is(tokenizer, own)
+            except TemplateError as e:
+                # Still trainable with its family's shipped template, as before tools were read.
+                logger.warning("%s Falling back to a shipped template.", e)
+            else:
+                logger.info("Using the tokenizer's own chat template as it is (it renders tools)")
+                return tpl
         family = _detect_family(own) if own else None
         if family is not None:
             logger.info(

@@ -9,6 +9,7 @@ message as the text they are.
 
 from __future__ import annotations
 
+import json
 import re
 import weakref
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ def render(
     *,
     tools: list[dict] | None = None,
     add_generation_prompt: bool = False,
+    find_replies: bool = True,
 ) -> tuple[str, list[Span]]:
     """Render one conversation; return the text and the character spans of generation blocks.
 
@@ -48,6 +50,9 @@ def render(
         tools: OpenAI-style function schemas, passed to the template as ``tools`` exactly as
             ``apply_chat_template(tools=…)`` does (None: no tools).
         add_generation_prompt: end with the assistant header, as at inference.
+        find_replies: for a base's own template without markers (:func:`mark_prefix_spans`),
+            find the replies' spans by rendering prefixes; False skips that (serving needs only
+            the text) and gives no spans for such a template.
 
     Returns:
         ``(text, spans)``.
@@ -65,7 +70,137 @@ def render(
         add_generation_prompt=add_generation_prompt,
         **template_vars(tokenizer),
     )
-    return rendered[0], [tuple(span) for span in indices[0]]
+    text, spans = rendered[0], [tuple(span) for span in indices[0]]
+    eos = prefix_spans_eos(source)
+    if eos is not None and not spans and find_replies:
+        spans = _spans_by_prefix(tokenizer, source, messages, tools, text, eos)
+    return text, spans
+
+
+# --- a base's own template, used as it is: replies found by rendering prefixes -------------------
+#
+# A model's own template that renders tools (Qwen2.5, Llama 3.1, Mistral v0.3, …) must be used
+# byte for byte, so that training sees what apply_chat_template(messages, tools=tools) gives at
+# serving time; it has no {% generation %} markers, and editing one in would risk changing its
+# text. Instead a Jinja comment (which renders nothing) names its end-of-turn token, and each
+# reply's span is found by rendering: it starts where the conversation before it, rendered with
+# the generation prompt, ends, and runs to the first end-of-turn token after that.
+
+_PREFIX_TAG = "{# tunekit: no generation markers; each reply runs from the generation prompt to its end of turn %s #}"
+_PREFIX_TAG_RE = re.compile(
+    re.escape(_PREFIX_TAG.split("%s")[0]) + r'("(?:[^"\\]|\\.)*")' + re.escape(_PREFIX_TAG.split("%s")[1])
+)
+
+
+class PrefixMismatch(TemplateError):
+    """A base's own template renders the turns before a reply differently once later turns follow,
+    so the reply's tokens cannot be told apart (a row problem, not a template one)."""
+
+
+def mark_prefix_spans(source: str, eos: str) -> str:
+    """``source`` with the comment that makes :func:`render` find replies by rendering prefixes.
+
+    The comment renders nothing: the template's output is unchanged.
+    """
+    return _PREFIX_TAG % json.dumps(eos) + source
+
+
+def prefix_spans_eos(source: str | None) -> str | None:
+    """The end-of-turn token named by :func:`mark_prefix_spans`, or None for other templates."""
+    match = _PREFIX_TAG_RE.match(source or "")
+    return json.loads(match.group(1)) if match else None
+
+
+def _find_eos(text: str, eos: str, start: int) -> int:
+    """Index of the first ``eos`` at or after ``start`` that the template wrote (not one from a
+    caller's string, which tokenize_chat has wrapped in markers)."""
+    while True:
+        found = text.find(eos, start)
+        if found <= 0 or text[found - 1] != _OPEN:
+            return found
+        start = found + len(eos)
+
+
+def _spans_by_prefix(tokenizer, source, messages, tools, text, eos) -> list[Span]:
+    spans: list[Span] = []
+    for index, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        after = spans[-1][1] if spans else 0
+        head = _text(tokenizer, source, messages[:index], tools, add_generation_prompt=True)
+        if text.startswith(head) and len(head) >= after:
+            start = len(head)
+        else:
+            # The template moves earlier text once later turns follow (Mistral v0.3 writes the
+            # system message and tools before the last user turn only): find the reply's own
+            # text, as the template writes it, after the previous reply.
+            reply = _reply_text(tokenizer, source, messages, index, tools, eos)
+            start = text.find(reply, after) if reply else -1
+            if start < 0:
+                number = sum(1 for m in messages[: index + 1] if m.get("role") == "assistant")
+                raise PrefixMismatch(
+                    "the base's own chat template renders the conversation before assistant message "
+                    f"{number} differently once later turns follow, so tunekit cannot tell which "
+                    "tokens that reply is. Split the row into one conversation per reply, or choose "
+                    "a shipped template (template=...)."
+                )
+        end = _find_eos(text, eos, start)
+        if end < 0:
+            number = sum(1 for m in messages[: index + 1] if m.get("role") == "assistant")
+            raise PrefixMismatch(
+                f"the base's own chat template writes no end-of-turn token {eos!r} after assistant "
+                f"message {number}. Choose a shipped template (template=...)."
+            )
+        spans.append((start, end + len(eos)))
+    return spans
+
+
+def _text(tokenizer, source, messages, tools, *, add_generation_prompt=False) -> str:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=source,
+                                        add_generation_prompt=add_generation_prompt, **template_vars(tokenizer))
+    return rendered[0]
+
+
+def _reply_text(tokenizer, source, messages, index, tools, eos) -> str | None:
+    """Assistant message ``index`` as the template writes it (through its end of turn), from the
+    conversation that ends with it, with and then without a leading system message."""
+    tries = [messages[: index + 1]]
+    if messages and messages[0].get("role") == "system":
+        tries.append(messages[1 : index + 1])
+    for conversation in tries:
+        head = _text(tokenizer, source, conversation[:-1], tools, add_generation_prompt=True)
+        through = _text(tokenizer, source, conversation, tools)
+        if through.startswith(head):
+            end = _find_eos(through, eos, len(head))
+            if end >= 0:
+                return through[len(head) : end + len(eos)]
+    return None
+
+
+# The message keys a chat template reads; tunekit's own (weight) stay out.
+_TEMPLATE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def template_messages(messages: list[dict]) -> list[dict]:
+    """Normalised messages (``tunekit.data``) as chat templates read them: role, content, and the
+    tool keys (``tool_calls``; ``tool_call_id`` and ``name`` on tool results), nothing else.
+
+    Training and serving both pass messages through this, so they render the same text.
+    A null content (a reply that is only a call) becomes ``""``: templates concatenate it.
+    """
+    chat = []
+    for message in messages:
+        # An empty tool_calls list is no call: some templates test only whether the key exists.
+        kept = {key: message[key] for key in _TEMPLATE_KEYS
+                if message.get(key) is not None and (key != "tool_calls" or message[key])}
+        kept.setdefault("content", "")
+        if kept.get("role") != "tool":
+            kept.pop("name", None)
+            kept.pop("tool_call_id", None)
+        chat.append(kept)
+    return chat
 
 
 def installed_template(tokenizer) -> str:
@@ -283,7 +418,7 @@ def tokenize_chat(
         messages = _mark(messages, controls.pattern)
         tools = _mark(tools, controls.pattern)
     text, spans = render(tokenizer, source, messages, tools=tools,
-                         add_generation_prompt=add_generation_prompt)
+                         add_generation_prompt=add_generation_prompt, find_replies=cut_at_generation)
     edges = _cuts(text, spans) if cut_at_generation else [0, len(text)]
     newline_ids = tokenizer.encode("\n", add_special_tokens=False)
     ids: list[int] = []
