@@ -300,3 +300,117 @@ def test_cli_serve_max_body_flag():
     proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--max-body", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--max-body must be at least 1 byte" in proc.stderr
+
+
+# -- issue 20: vLLM's adapter management, --print-vllm, TLS --------------------------------------
+def test_vllm_load_and_unload_lora_adapter(pool, hub_adapter, adapter_dirs, tmp_path):
+    import shutil
+
+    root = tmp_path / "loras"
+    inside = Path(shutil.copytree(adapter_dirs[1], root / "team-a"))
+    key = {"Authorization": "Bearer sekret"}
+    with _serve(pool, [], api_key="sekret", allow_runtime_lora=True, lora_root=str(root)) as server:
+        load, unload = f"{server.url}/load_lora_adapter", f"{server.url}/unload_lora_adapter"
+        body = {"lora_name": "support", "lora_path": hub_adapter}
+        assert httpx.post(load, json=body, timeout=30).status_code == 401  # the key first
+        r = httpx.post(load, json=body, headers=key, timeout=60)
+        assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'support' added successfully.")
+        client = server.client("sekret")
+        assert "support" in [m.id for m in client.models.list().data]
+        assert client.chat.completions.create(model="support", messages=HI, max_tokens=2).choices
+        r = httpx.post(load, json=body, headers=key, timeout=30)
+        assert r.status_code == 400 and "has already been loaded" in r.json()["error"]["message"]
+        assert httpx.post(load, json={"lora_name": "x"}, headers=key, timeout=30).status_code == 400
+        # Paths: inside --lora-root only, every other one refused alike.
+        r = httpx.post(load, json={"lora_name": "team-a", "lora_path": "team-a"}, headers=key, timeout=60)
+        assert r.status_code == 200, r.text
+        assert client.chat.completions.create(model="team-a", messages=HI, max_tokens=2).choices
+        answers = set()
+        for path in (str(adapter_dirs[0]), "../" + adapter_dirs[0].name, "/etc", "team-a/../..", str(root / "none")):
+            r = httpx.post(load, json={"lora_name": "p", "lora_path": path}, headers=key, timeout=30)
+            assert r.status_code == 400, (path, r.text)
+            answers.add(r.json()["error"]["message"])
+        assert len(answers) == 1 and str(root) not in answers.pop()
+        r = httpx.post(unload, json={"lora_name": "support"}, headers=key, timeout=30)
+        assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'support' removed successfully.")
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="support", messages=HI, max_tokens=2)
+        r = httpx.post(unload, json={"lora_name": "support"}, headers=key, timeout=30)
+        assert r.status_code == 404 and "cannot be found" in r.json()["error"]["message"]
+    with _serve(pool, []) as server:  # off unless the operator turns it on
+        r = httpx.post(f"{server.url}/load_lora_adapter", json={"lora_name": "a", "lora_path": hub_adapter}, timeout=30)
+        assert r.status_code == 404
+
+
+def test_lora_modules_in_both_forms_and_the_vllm_command(tiny_model_dir, adapter_dirs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.server.vllm import LoraModule, command, parse_lora_module, vllm_problems
+
+    assert parse_lora_module("a=alice/a") == LoraModule("a", "alice/a")
+    assert parse_lora_module('{"name": "b", "path": "/x/b", "base_model_name": "m"}') == LoraModule("b", "/x/b", "m")
+    for bad in ("no-equals", "=x", "a=", '{"name": "a"}', '{"name": "a", "path": "p", "extra": 1}', "{oops"):
+        with pytest.raises(tunekit.errors.ConfigError, match="--lora-modules"):
+            parse_lora_module(bad)
+    # An adapter vLLM refuses: modules_to_save (and DoRA), from vLLM's own rules.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    saved = tmp_path / "saved"
+    get_peft_model(model, LoraConfig(r=32, target_modules=["q_proj"], modules_to_save=["norm"])).save_pretrained(saved)
+    assert vllm_problems(adapter_dirs[0]) == []
+    assert any("modules_to_save" in p for p in vllm_problems(saved))
+    assert vllm_problems(tmp_path) and "PEFT" in vllm_problems(tmp_path)[0]
+    modules = [LoraModule("one", str(adapter_dirs[0])), LoraModule("saved", str(saved)), LoraModule("hub", "a/b")]
+    line, notes = command(str(tiny_model_dir), modules, folders={"one": adapter_dirs[0], "saved": saved},
+                          port=9000, api_key=True)
+    assert line.startswith(f"vllm serve {tiny_model_dir} --host 127.0.0.1 --port 9000 --enable-lora --lora-modules ")
+    assert f"one={adapter_dirs[0]}" in line and "hub=a/b" in line and "saved=" not in line
+    assert "--max-loras 2" in line and "--max-lora-rank" not in line  # rank 4 fits vLLM's default 16
+    assert line.endswith('--api-key "$VLLM_API_KEY"') and "sekret" not in line
+    assert any(n.startswith("saved: left out: modules_to_save") for n in notes)
+    # The CLI prints the same line, the left-out adapter on stderr, and exits 1 because of it.
+    proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "serve", "--base", str(tiny_model_dir), "--print-vllm",
+                           "--adapter", str(adapter_dirs[0]), "--lora-modules", f"s={saved}",
+                           json.dumps({"name": "two", "path": str(adapter_dirs[1])})],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"--lora-modules {adapter_dirs[0]}={adapter_dirs[0]} two={adapter_dirs[1]}" in proc.stdout
+    assert "s: left out: modules_to_save" in proc.stderr
+
+
+def test_tls_with_a_self_signed_certificate(tiny_model_dir, tmp_path):
+    import shutil
+    import threading
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    with pytest.raises(tunekit.errors.ConfigError, match="both --ssl-certfile and --ssl-keyfile"):
+        from tunekit.server import serve
+
+        serve(str(tiny_model_dir), ssl_certfile=str(cert))
+    proc = subprocess.Popen([sys.executable, "-m", "tunekit.cli", "serve", "--base", str(tiny_model_dir), "--port", "0",
+                             "--data", str(tmp_path / "data"), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        assert line and "https://127.0.0.1:" in line[0], (line, proc.poll())
+        url = line[0].split(" at ")[-1].strip()
+        r = httpx.get(f"{url}/models", verify=str(cert), timeout=30)
+        assert r.status_code == 200 and r.json()["data"][0]["id"] == str(tiny_model_dir)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url.replace("https://", "http://") + "/models", timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    from tunekit.server.app import exposure_warning
+
+    assert exposure_warning("0.0.0.0", api_key="k", tls=True) is None
+    assert "--api-key" in exposure_warning("0.0.0.0", tls=True) and "plain HTTP" not in exposure_warning("0.0.0.0",
+                                                                                                          tls=True)

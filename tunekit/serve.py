@@ -1,8 +1,12 @@
 """Many adapters over one base model: the multi-tenant serving pattern.
 
 An adapter is a few MB; the base is hundreds of MB to hundreds of GB. :class:`AdapterPool` loads
-the base once, keeps up to ``max_loaded`` LoRA adapters beside it (PEFT named adapters) and
-switches between them per request. It is the engine under tunekit's OpenAI-compatible server.
+the base once and keeps adapters in three tiers: *hot* in memory beside the base (PEFT named
+adapters, bounded by ``max_loaded`` and ``max_bytes``, least recently used evicted first), *warm*
+on local disk (a folder, or the Hub cache once pulled), *cold* on the Hub (registered by name,
+pulled on first use). ``chat``/``using`` answer one request at a time; ``submit`` batches
+concurrent requests for different adapters into shared forwards (:mod:`tunekit.batching`). It
+is the engine under tunekit's OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from . import chat as chatlib
 from .errors import ConfigError, ModelError
 from .placement import placement
 from .record import describe_folder
+from .units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +41,14 @@ class _Adapter:
     source: str
     revision: str | None
     force: bool
-    folder: Path
+    folder: Path | None  # None while cold: registered, never pulled
     tokenizer: Any
     slot: str | None = None  # PEFT adapter name while loaded; None once evicted
+    file_bytes: int = 0  # the weights file's size: the estimate before it is loaded
+    nbytes: int = 0  # its tensors in memory while hot
+    mixable: bool = True  # runs in mixed-adapter batches (not DoRA, modules_to_save, trainable tokens)
+    pins: int = 0  # running batched requests using it; a pinned adapter is never evicted
+    doomed: bool = False  # removed while pinned: unloaded when the last request ends
 
 
 class _Current:
@@ -59,15 +69,21 @@ class _Current:
 class AdapterPool:
     """One base model in memory, many LoRA adapters over it, switched per request.
 
-    Thread-safe: generation and adapter (un)loading take one lock, so requests run one at a time
-    on the shared model; downloading an adapter happens outside that lock, so adding one never
-    stalls requests for other adapters while it downloads.
+    Thread-safe: generation and adapter (un)loading take one lock. ``chat``/``using`` hold it for
+    a whole generation (requests take turns); ``submit`` hands requests to a batching worker that
+    holds it one decoding step at a time, with every running request in that step. Downloading an
+    adapter happens outside the lock, so adding one never stalls requests for other adapters.
 
     Args:
         base: the shared base: Hub id, local folder, or None for the embedded SmolLM2-135M-Instruct.
         max_loaded: keep at most this many adapters in memory; adding or using another evicts the
             least recently used one (it is loaded again, re-pulled if needed, on its next use).
             None: no limit.
+        max_bytes: keep at most this many bytes of adapter weights in memory (an int, or a size
+            such as ``"256MiB"``), evicting like ``max_loaded``; None: no limit. Adapters in use
+            by running batched requests are never evicted: a request for another adapter waits
+            for room rather than pass the bound.
+        max_batch: the most requests :meth:`submit` decodes together.
         device: "cpu" or "cuda"; default: cuda when available.
         token: Hub token for the base and for private adapter repos; default: ``HF_TOKEN`` or the
             saved login.
@@ -82,12 +98,21 @@ class AdapterPool:
         >>> pool.chat("Summarise: ...", adapter="alice/show-notes-lora")
     """
 
-    def __init__(self, base: str | None = None, *, max_loaded: int | None = None, device: str | None = None,
-                 token: str | None = None, trust_remote_code: bool = False, auto_add: bool = True):
+    def __init__(self, base: str | None = None, *, max_loaded: int | None = None, max_bytes: int | str | None = None,
+                 max_batch: int = 16, device: str | None = None, token: str | None = None,
+                 trust_remote_code: bool = False, auto_add: bool = True):
         if max_loaded is not None and (isinstance(max_loaded, bool) or not isinstance(max_loaded, int)
                                        or max_loaded < 1):
             raise ConfigError(f"max_loaded must be a positive integer or None, got {max_loaded!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if max_bytes is not None:
+            max_bytes = parse_size(max_bytes)
+            if max_bytes < 1:
+                raise ConfigError(f"max_bytes must be a positive size or None, got {max_bytes!r}")
         self.max_loaded = max_loaded
+        self.max_bytes = max_bytes
+        self.max_batch = max_batch
         self.auto_add = auto_add
         self._token = token
         self._base = models.resolve_base(base, token=token)
@@ -110,6 +135,7 @@ class AdapterPool:
         self._pulls: dict[str, threading.Lock] = {}
         self._slots = itertools.count()
         self._current = _Current(self)
+        self._scheduler = None  # the batching worker, started by the first submit()
         log.info("adapter pool over %s (%s, %s)", self._base.name, self._where.device, self._where.dtype)
 
     # -- what is in the pool -------------------------------------------------------------------
@@ -128,6 +154,33 @@ class AdapterPool:
     def model(self):
         """The shared model: the base, wrapped as a ``PeftModel`` once an adapter is added."""
         return self._peft if self._peft is not None else self._base_model
+
+    @property
+    def registered(self) -> list[str]:
+        """Every adapter name the pool knows, hot, warm or cold."""
+        with self._state:
+            return list(self._known)
+
+    @property
+    def hot_bytes(self) -> int:
+        """Bytes of adapter weights in memory now."""
+        with self._state:
+            return sum(e.nbytes for e in self._loaded.values())
+
+    def tier(self, name: str) -> str:
+        """Where an adapter is: ``"hot"`` (in memory), ``"warm"`` (files on local disk) or
+        ``"cold"`` (registered, not pulled yet).
+
+        Raises:
+            ModelError: the pool does not know the name.
+        """
+        with self._state:
+            entry = self._loaded.get(name) or self._pending.get(name) or self._known.get(name)
+        if entry is None:
+            raise ModelError(f"no adapter {name!r} in the pool; it has {self._names()}")
+        if entry.slot is not None:
+            return "hot"
+        return "warm" if entry.folder is not None and entry.folder.exists() else "cold"
 
     # -- adding and removing -------------------------------------------------------------------
     def add(self, name_or_path: str | Path, *, name: str | None = None, revision: str | None = None,
@@ -153,8 +206,26 @@ class AdapterPool:
             self._install(entry)
         return name
 
+    def register(self, name_or_path: str | Path, *, name: str | None = None, revision: str | None = None,
+                 force: bool = False) -> str:
+        """Make an adapter known without loading or downloading it (the cold tier): it is pulled,
+        checked and loaded on its first request. Registering thousands costs a few hundred bytes each.
+
+        Args:
+            name_or_path, name, revision, force: as for :meth:`add`.
+
+        Returns:
+            The adapter's name in the pool.
+        """
+        name = name or str(name_or_path)
+        with self._state:
+            if name not in self._known:
+                self._known[name] = _Adapter(name, str(name_or_path), revision, force, None, None)
+        return name
+
     def remove(self, name: str) -> None:
-        """Unload an adapter and forget it.
+        """Unload an adapter and forget it. One in use by running batched requests is unloaded
+        as soon as they end (new requests cannot name it meanwhile).
 
         Raises:
             ModelError: no adapter of that name is in the pool.
@@ -165,8 +236,12 @@ class AdapterPool:
                 self._pending.pop(name, None)
                 if entry is None:
                     raise ModelError(f"no adapter {name!r} in the pool; it has {self._names()}")
+                loaded = self._loaded.get(name)
+                if loaded is not None and loaded.pins:
+                    loaded.doomed = True
+                    return
                 self._loaded.pop(name, None)
-            self._unload(entry)
+            self._unload(loaded or entry)
 
     def _prepare(self, name: str, source: str, revision: str | None, force: bool) -> _Adapter:
         """Download and check an adapter; touches no model state, so it runs without the lock."""
@@ -193,7 +268,12 @@ class AdapterPool:
                     f"that changes the shared base. Open it alone with tunekit.load({source!r}).")
         if run.method == "qlora":
             log.info("%s was trained over a 4-bit base; the pool runs it over the %s base", source, self._where.dtype)
-        return _Adapter(name, source, revision, force, folder, tokenizer)
+        config = json.loads((folder / "adapter_config.json").read_text()) if (folder / "adapter_config.json").exists() else {}
+        weights = [folder / n for n in ("adapter_model.safetensors", "adapter_model.bin") if (folder / n).exists()]
+        return _Adapter(name, source, revision, force, folder, tokenizer,
+                        file_bytes=weights[0].stat().st_size if weights else 0,
+                        mixable=not (config.get("use_dora") or config.get("modules_to_save")
+                                     or config.get("trainable_token_indices")))
 
     def _install(self, entry: _Adapter) -> None:
         """Put a prepared adapter into the model (caller holds ``_lock``)."""
@@ -201,17 +281,16 @@ class AdapterPool:
 
         with self._state:
             current = self._loaded.get(entry.name)
-            if current is not None and current.folder == entry.folder and current.slot is not None:
-                self._loaded.move_to_end(entry.name)
+            if current is not None and current.slot is not None and (current.folder == entry.folder or current.pins):
+                self._loaded.move_to_end(entry.name)  # a pinned one is reloaded once its requests end
                 return
             victims = [current] if current is not None else []
             self._loaded.pop(entry.name, None)
-            while self.max_loaded is not None and len(self._loaded) >= self.max_loaded:
-                _, lru = self._loaded.popitem(last=False)
-                victims.append(lru)
         for victim in victims:
-            log.info("evicting adapter %s from the pool", victim.name)
             self._unload(victim)
+        self._trim(extra_count=1, extra_bytes=entry.file_bytes)
+        if entry.tokenizer is None:  # its own tokenizer went with an eviction; the files are local
+            entry.tokenizer = models.load_tokenizer(entry.folder) if models.has_tokenizer(entry.folder) else self._tokenizer
         slot = f"adapter{next(self._slots)}"
         try:
             if self._peft is None:
@@ -227,6 +306,7 @@ class AdapterPool:
             raise adapters.misfit(entry.source, self._base.name, f"PEFT could not load it ({e})") from e
         self._peft.eval()
         entry.slot = slot
+        entry.nbytes = _slot_bytes(self._peft, slot)
         with self._state:
             self._loaded[entry.name] = entry
             self._known[entry.name] = entry
@@ -237,7 +317,30 @@ class AdapterPool:
     def _unload(self, entry: _Adapter) -> None:
         if entry.slot is not None:
             self._drop_slot(entry.slot)
-        entry.slot = None
+        entry.slot, entry.nbytes = None, 0
+        if entry.tokenizer is not self._tokenizer:
+            entry.tokenizer = None  # its own tokenizer is read again with its files: cold memory stays small
+
+    def _over(self, extra_count: int = 0, extra_bytes: int = 0) -> bool:
+        count = len(self._loaded) + extra_count
+        size = sum(e.nbytes for e in self._loaded.values()) + extra_bytes
+        return ((self.max_loaded is not None and count > self.max_loaded)
+                or (self.max_bytes is not None and size > self.max_bytes))
+
+    def _trim(self, extra_count: int = 0, extra_bytes: int = 0) -> None:
+        """Evict the least recently used unpinned adapters until the bounds hold (with room for
+        ``extra_*`` more); pinned ones stay, so the bounds may be passed until they are released
+        (the batching worker asks :meth:`activate` first and waits instead)."""
+        while True:
+            with self._state:
+                if not self._over(extra_count, extra_bytes):
+                    return
+                victim = next((e for e in self._loaded.values() if not e.pins), None)
+                if victim is None:
+                    return
+                del self._loaded[victim.name]
+            log.info("evicting adapter %s from the pool", victim.name)
+            self._unload(victim)
 
     def _drop_slot(self, slot: str) -> None:
         if self._peft is not None and slot in self._peft.peft_config:
@@ -254,11 +357,13 @@ class AdapterPool:
     # -- answering -----------------------------------------------------------------------------
     def chat(self, prompt: str | list[dict[str, str]], *, adapter: str | None = None, system: str | None = None,
              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-             stream: bool = False) -> str | Iterator[str]:
+             stream: bool = False, tools: list[dict] | None = None,
+             tool_choice: str | dict | None = "auto") -> str | Iterator[str] | chatlib.ChatReply:
         """Reply with one adapter (or the bare base).
 
         Args:
-            prompt: a user message, or a list of ``{"role", "content"}`` messages.
+            prompt: a user message, or a list of messages (OpenAI's shapes, tool calls and
+                ``role: "tool"`` results included).
             adapter: the adapter's name in the pool; None answers with the base alone. An evicted
                 adapter is loaded again; an unknown one is added when ``auto_add`` is on.
             system: a system message to put first.
@@ -266,14 +371,21 @@ class AdapterPool:
             temperature: 0 for greedy decoding (the default), > 0 to sample.
             top_p: nucleus sampling threshold when sampling.
             stream: return an iterator of text pieces instead of the whole reply.
+            tools: OpenAI function schemas; the reply is then a :class:`~tunekit.chat.ChatReply`
+                (a :class:`~tunekit.chat.ReplyStream` when streamed), read in the adapter's
+                template's tool format.
+            tool_choice: with tools: ``"auto"``, ``"none"``, ``"required"`` or a function's name.
 
         Returns:
-            The reply text, or an iterator over its pieces when ``stream=True``.
+            The reply text, or an iterator over its pieces when ``stream=True``; with ``tools``
+            a ``ChatReply`` (or ``ReplyStream``).
         """
-        messages = chatlib.to_messages(prompt, system=system)
+        messages = chatlib.to_messages(prompt, system=system, tools=tools)
         entry = self._entry(adapter) if adapter is not None else None
         tokenizer = entry.tokenizer if entry is not None else self._tokenizer
         kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        if tools is not None:
+            kwargs.update(tools=tools, tool_choice=tool_choice)
         if stream:
             return chatlib.stream(self._current, tokenizer, messages, lock=self._using(entry), **kwargs)
         with self._using(entry):
@@ -326,6 +438,123 @@ class AdapterPool:
         tokenizer = entry.tokenizer if entry is not None else self._tokenizer
         with self._using(entry):
             yield self._current, tokenizer
+
+    # -- batching ------------------------------------------------------------------------------
+    def submit(self, prompt: str | list[dict[str, Any]], *, adapter: str | None = None, system: str | None = None,
+               max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+               stop: list[str] | tuple[str, ...] | None = None, tools: list[dict] | None = None):
+        """Queue a request for the batching worker: it shares each forward with every other
+        running request (other adapters and the base included) and joins or leaves the batch
+        between decoding steps.
+
+        Args:
+            prompt: a user message, or a list of ``{"role", "content"}`` messages.
+            adapter: the adapter's name; None for the base alone. A cold or evicted adapter is
+                pulled and loaded in the background while the batch keeps running.
+            system: a system message to put first.
+            max_tokens, temperature, top_p, seed, stop: this request's sampling
+                (:class:`tunekit.batching.Sampling`); greedy by default.
+            tools: tool definitions for the chat template.
+
+        Returns:
+            A :class:`tunekit.batching.Handle`: iterate it for text pieces as they come, or call
+            ``result()`` for the :class:`~tunekit.batching.Completion` (text, token counts,
+            finish reason). Leaving the iteration early cancels the request.
+
+        Raises:
+            ConfigError: bad sampling settings, or a model the batching worker cannot run.
+
+        Example:
+            >>> handles = [pool.submit("Hi", adapter=name) for name in ("a", "b", None)]  # doctest: +SKIP
+            >>> [h.result().text for h in handles]                                         # doctest: +SKIP
+        """
+        from .batching import Sampling, Scheduler
+
+        sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                            stop=tuple(stop or ()))
+        messages = chatlib.to_messages(prompt, system=system)
+        with self._state:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self, max_batch=self.max_batch)
+            scheduler = self._scheduler
+        return scheduler.submit(messages, adapter=adapter, sampling=sampling, tools=tools)
+
+    @property
+    def scheduler(self):
+        """The batching worker (:class:`tunekit.batching.Scheduler`), or None before the first submit."""
+        return self._scheduler
+
+    def close(self) -> None:
+        """Stop the batching worker (if started); requests still running end with an error."""
+        with self._state:
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.close()
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[Any]:
+        """Hold the shared model (no adapter selected) for one batched step; yields the model.
+        The batching worker's hook: other callers use :meth:`using`."""
+        with self._lock:
+            yield self.model
+
+    def activate(self, adapter: str | None) -> tuple[str, str | None, bool]:
+        """Make a prepared adapter hot and pin it for one batched request (caller holds :meth:`hold`).
+        Touches no network or Hub: an adapter whose files are not local is sent back to be prepared.
+
+        Args:
+            adapter: the adapter's name; None for the base.
+
+        Returns:
+            ``(status, slot, mixable)``: status ``"ready"`` (pinned: call :meth:`release` when the
+            request ends), ``"busy"`` (no room among the hot adapters until a pinned one is
+            released) or ``"stage"`` (prepare it again: ``tokenizer_for``); ``slot`` is PEFT's
+            adapter name (``"__base__"`` for the base); ``mixable`` whether it runs in mixed batches.
+
+        Raises:
+            ModelError: the adapter is larger than ``max_bytes`` by itself, or PEFT cannot load it.
+        """
+        if adapter is None:
+            return "ready", "__base__", True
+        with self._state:
+            loaded, pending = self._loaded.get(adapter), self._pending.get(adapter)
+            if loaded is not None and loaded.slot is not None and not loaded.doomed:
+                loaded.pins += 1
+                self._loaded.move_to_end(adapter)
+                return "ready", loaded.slot, loaded.mixable
+            if pending is None:
+                return "stage", None, True
+            pinned = [e for e in self._loaded.values() if e.pins]
+            if self.max_bytes is not None and pending.file_bytes > self.max_bytes:
+                raise ModelError(f"adapter {adapter!r} takes {pending.file_bytes} bytes, more than this pool's "
+                                 f"max_bytes ({self.max_bytes}); raise max_bytes to serve it")
+            count_ok = self.max_loaded is None or len(pinned) + 1 <= self.max_loaded
+            bytes_ok = self.max_bytes is None or sum(e.nbytes for e in pinned) + pending.file_bytes <= self.max_bytes
+            if not (count_ok and bytes_ok):
+                return "busy", None, True
+        self._install(pending)
+        with self._state:
+            entry = self._loaded[adapter]
+            entry.pins += 1
+            return "ready", entry.slot, entry.mixable
+
+    def release(self, adapter: str | None) -> None:
+        """Unpin an adapter a batched request used (the counterpart of :meth:`activate`); evicts
+        what the bounds no longer allow, and unloads an adapter removed while it was in use."""
+        if adapter is None:
+            return
+        with self._lock:
+            with self._state:
+                entry = self._loaded.get(adapter)
+                if entry is None:
+                    return
+                entry.pins = max(0, entry.pins - 1)
+                doomed = entry.doomed and not entry.pins
+                if doomed:
+                    del self._loaded[adapter]
+            if doomed:
+                self._unload(entry)
+            self._trim()
 
     def _entry(self, name: str) -> _Adapter:
         with self._state:
@@ -383,6 +612,12 @@ class AdapterPool:
 
     def __repr__(self) -> str:
         return f"AdapterPool(base={self._base.name!r}, adapters={self.adapters!r}, max_loaded={self.max_loaded})"
+
+
+def _slot_bytes(peft, slot: str) -> int:
+    from peft import get_peft_model_state_dict
+
+    return sum(t.nbytes for t in get_peft_model_state_dict(peft, adapter_name=slot).values())
 
 
 def _adapter_base(folder: Path) -> str | None:
