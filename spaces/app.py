@@ -11,6 +11,10 @@ The app reads ``tunekit_space.json`` (next to this file, or the file named by
 An adapter entry may carry ``"path"`` (a local output folder) instead of ``"repo_id"``; that is
 how ``tunekit space run runs/my-adapter`` serves a run that was never pushed. The same file
 runs on huggingface.co (``python app.py``) and locally under ``tunekit space run``.
+
+When the config lists ``"tools"`` (OpenAI function schemas, from a run trained with tools), a
+"Tool calls" tab offers them to the model: each call it makes is shown (name and arguments),
+and a pasted tool result goes back to it as a ``tool`` message answering that call.
 """
 
 from __future__ import annotations
@@ -93,6 +97,95 @@ def _text(content: Any) -> str:
     if isinstance(content, dict):
         return content.get("text", "")
     return str(content or "")
+
+
+# -- tool calls ----------------------------------------------------------------------------------
+# The conversation of the "Tool calls" tab is kept in OpenAI's message shapes (assistant
+# ``tool_calls``, ``role: "tool"`` results), the form ``TuneResult.chat`` takes; the chatbot shows
+# a view of it.
+def chat_view(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chatbot's messages for a conversation: text turns as they are, each call as an
+    assistant message titled with the function's name and showing its arguments, each tool
+    result as a user-side message naming the call it answers."""
+    view: list[dict[str, Any]] = []
+    names: dict[str, str] = {}
+    for m in conversation:
+        if m["role"] == "user":
+            view.append({"role": "user", "content": m["content"]})
+        elif m["role"] == "assistant":
+            calls = m.get("tool_calls") or []
+            if m.get("content") or not calls:
+                view.append({"role": "assistant", "content": m.get("content") or "(no text)"})
+            for call in calls:
+                function = call["function"]
+                names[call["id"]] = function["name"]
+                # Name and arguments in the title, which stays visible when the block is folded.
+                view.append({"role": "assistant", "content": f"```json\n{_pretty(function['arguments'])}\n```",
+                             "metadata": {"title": f"Called {function['name']}({_compact(function['arguments'])})",
+                                          "id": call["id"]}})
+        elif m["role"] == "tool":
+            name = names.get(m.get("tool_call_id"), "the tool")
+            view.append({"role": "user", "content": f"**Result of {name}:** {m['content']}"})
+    return view
+
+
+def _compact(arguments: Any) -> str:
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments, ensure_ascii=False)
+
+
+def _pretty(arguments: Any) -> str:
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except ValueError:
+            return arguments
+    return json.dumps(arguments, indent=2, ensure_ascii=False)
+
+
+def pending_calls(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls of the last assistant turn that no tool result answers yet."""
+    answered = set()
+    for m in reversed(conversation):
+        if m["role"] == "tool":
+            answered.add(m.get("tool_call_id"))
+        elif m["role"] == "assistant":
+            return [c for c in m.get("tool_calls") or [] if c["id"] not in answered]
+        else:
+            return []
+    return []
+
+
+def add_tool_result(conversation: list[dict[str, Any]], result: str) -> list[dict[str, Any]]:
+    """The conversation with ``result`` answering the first pending call.
+
+    Raises:
+        gr.Error: no call is waiting for a result, or the result is empty.
+    """
+    waiting = pending_calls(conversation)
+    if not waiting:
+        raise gr.Error("No tool call is waiting for a result; ask the model something that needs a tool first.")
+    if not (result or "").strip():
+        raise gr.Error("Paste the tool's result first.")
+    call = waiting[0]
+    return [*conversation, {"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
+                            "content": result.strip()}]
+
+
+def tool_turn(result, conversation: list[dict[str, Any]], tools: list[dict], **gen: Any):
+    """Generate the next assistant turn of a conversation with tools, streamed.
+
+    Yields:
+        The conversation with the turn so far (its text as it streams, then its calls).
+    """
+    stream = result.chat(conversation, tools=tools, stream=True, **gen)
+    text = ""
+    for piece in stream:
+        text += piece
+        yield [*conversation, {"role": "assistant", "content": text}]
+    reply = stream.reply
+    yield [*conversation, reply.message]
 
 
 class Models:
@@ -202,6 +295,30 @@ def build_demo(config: dict[str, Any], models: Models | None = None) -> gr.Block
             yield base_text, tuned_text
         yield base_text or "(no text)", tuned_text or "(no text)"
 
+    tools = [t for t in config.get("tools") or [] if isinstance(t, dict)]
+
+    def tool_gen(system, max_new_tokens, temperature, top_p) -> dict[str, Any]:
+        return dict(system=system or None, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                    top_p=float(top_p))
+
+    def ask_with_tools(message, conversation, label, system, max_new_tokens, temperature, top_p):
+        if not (message or "").strip():
+            raise gr.Error("Type a message first.")
+        conversation = [*(conversation or []), {"role": "user", "content": message.strip()}]
+        yield chat_view(conversation), conversation, ""
+        for now in tool_turn(models.get(label), conversation, tools, **tool_gen(system, max_new_tokens, temperature,
+                                                                               top_p)):
+            yield chat_view(now), now, ""
+
+    def send_result(result_text, conversation, label, system, max_new_tokens, temperature, top_p):
+        conversation = add_tool_result(conversation or [], result_text)
+        yield chat_view(conversation), conversation, ""
+        if pending_calls(conversation):
+            return  # more calls of that turn wait for their results
+        for now in tool_turn(models.get(label), conversation, tools, **tool_gen(system, max_new_tokens, temperature,
+                                                                               top_p)):
+            yield chat_view(now), now, ""
+
     title = config.get("title") or f"{labels[0]} — tunekit demo"
     with gr.Blocks(title=title, fill_height=False) as demo:
         gr.Markdown(f"# {title}\n{config.get('description') or ''}")
@@ -222,6 +339,31 @@ def build_demo(config: dict[str, Any], models: Models | None = None) -> gr.Block
         picker.change(summary, picker, card)
 
         with gr.Tabs():
+            if tools:
+                with gr.Tab("Tool calls", id="tools"):
+                    names = ", ".join(f"`{t.get('function', {}).get('name')}`" for t in tools)
+                    gr.Markdown(f"The model may call: {names}. Each call shows its arguments; paste what the "
+                                "tool would return and send it back.", elem_id="tool-list")
+                    conversation = gr.State([])
+                    tool_chat = gr.Chatbot(height=380, elem_id="tool-chatbot", label="Fine-tuned model, with tools")
+                    with gr.Row():
+                        tool_input = gr.Textbox(placeholder="Ask something that needs a tool…", show_label=False,
+                                                elem_id="tool-input", scale=4)
+                        ask = gr.Button("Send", variant="primary", elem_id="tool-send", scale=1)
+                    with gr.Row():
+                        tool_result = gr.Textbox(placeholder='The tool\'s result, e.g. {"temperature": 18}',
+                                                 label="Tool result", elem_id="tool-result", scale=4)
+                        give = gr.Button("Send tool result", elem_id="tool-result-send", scale=1)
+                    clear = gr.Button("Clear", elem_id="tool-clear", size="sm")
+                    with gr.Accordion("Tools offered", open=False):
+                        gr.JSON(tools, show_label=False)
+                    asked = [tool_chat, conversation, tool_input]
+                    ask.click(ask_with_tools, [tool_input, conversation, *settings], asked)
+                    tool_input.submit(ask_with_tools, [tool_input, conversation, *settings], asked)
+                    answered = [tool_chat, conversation, tool_result]
+                    give.click(send_result, [tool_result, conversation, *settings], answered)
+                    tool_result.submit(send_result, [tool_result, conversation, *settings], answered)
+                    clear.click(lambda: ([], []), None, [tool_chat, conversation])
             with gr.Tab("Chat", id="chat"):
                 gr.ChatInterface(
                     respond,

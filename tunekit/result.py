@@ -4,6 +4,7 @@ merge, export). It sits on top: it calls :mod:`tunekit.hub`, :mod:`tunekit.space
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -145,29 +146,50 @@ class TuneResult:
                                      quantize_4bit=self.method == "qlora", trust_remote_code=self._trust(),
                                      adapter=self._source())
 
-    def chat(self, prompt: str | list[dict[str, str]], *, system: str | None = None, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 1.0, stream: bool = False,
-             use_adapter: bool = True) -> str | Iterator[str]:
+    def chat(self, prompt: str | list[dict[str, Any]], *, system: str | None = None, max_new_tokens: int = 256,
+             temperature: float = 0.0, top_p: float = 1.0, stream: bool = False, use_adapter: bool = True,
+             tools: list[dict] | None = None, tool_choice: str | dict | None = "auto",
+             parallel_tool_calls: bool = True) -> str | Iterator[str] | chatlib.ChatReply:
         """Reply to a prompt with the fine-tuned model.
 
         Args:
-            prompt: a user message, or a list of ``{"role", "content"}`` messages.
+            prompt: a user message, or a list of messages: ``{"role", "content"}``, assistant
+                turns with ``tool_calls`` and ``{"role": "tool", "tool_call_id", "content"}``
+                results (OpenAI's shapes) included.
             system: a system message to put first.
             max_new_tokens: length limit of the reply.
             temperature: 0 for greedy decoding (the default), > 0 to sample.
             top_p: nucleus sampling threshold when sampling.
             stream: return an iterator of text pieces instead of the whole reply.
             use_adapter: False answers with the base model alone (adapters only), for comparisons.
+            tools: OpenAI function schemas the model may call; the reply is then a
+                :class:`~tunekit.chat.ChatReply` (text and parsed ``tool_calls``), rendered
+                with the template and tool format the run was trained with.
+            tool_choice: with tools: ``"auto"``, ``"none"`` (tools not offered), ``"required"``
+                (some call) or a function's name (a call of it).
+            parallel_tool_calls: False returns at most one call.
 
         Returns:
-            The reply text, or an iterator over its pieces when ``stream=True``.
+            The reply text, or an iterator over its pieces when ``stream=True``. With ``tools``,
+            a :class:`~tunekit.chat.ChatReply`, or with ``stream=True`` a
+            :class:`~tunekit.chat.ReplyStream` (text pieces, then ``.reply``).
+
+        Raises:
+            TemplateError: ``tools`` given, but the chat template has no tool support.
 
         Example:
             >>> result.chat("Write show notes for this episode: ...")
+            >>> reply = result.chat("Weather in Paris?", tools=[{"type": "function", "function": {
+            ...     "name": "get_weather", "parameters": {"type": "object", "properties": {
+            ...         "city": {"type": "string"}}}}}])
+            >>> reply.tool_calls[0].name, reply.tool_calls[0].arguments
+            ('get_weather', {'city': 'Paris'})
         """
-        messages = chatlib.to_messages(prompt, system=system)
+        messages = chatlib.to_messages(prompt, system=system, tools=tools)
         model, tokenizer = self._model()
-        kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+        if tools is not None:
+            kwargs.update(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
         if not use_adapter:
             if not self.adapter:
                 raise ModelError("use_adapter=False needs an adapter; a full fine-tune has no separate base")
@@ -178,13 +200,15 @@ class TuneResult:
             return chatlib.generate(model, tokenizer, messages, **kwargs)
 
     def _base_reply(self, model, tokenizer, messages, stream: bool, kwargs):
-        def pieces():
+        @contextlib.contextmanager
+        def base_only():
             with self._lock, model.disable_adapter():
-                yield from chatlib.stream(model, tokenizer, messages, **kwargs)
+                yield
 
         if stream:
-            return pieces()
-        with self._lock, model.disable_adapter():
+            # Held by the generating thread for exactly its generation, as the tuned side's lock.
+            return chatlib.stream(model, tokenizer, messages, lock=base_only(), **kwargs)
+        with base_only():
             return chatlib.generate(model, tokenizer, messages, **kwargs)
 
     def evaluate(self, data: Any, *, batch_size: int = 8) -> dict[str, float]:

@@ -33,6 +33,7 @@ APP_FILES = ("app.py", "requirements.txt")
 # installed where the Space is pushed from (pushing needs no gradio).
 GRADIO_TESTED = "6.31.0"
 MAX_EXAMPLES = 4
+MAX_TOOLS = 16  # a demo's tool list; more would not fit the prompt of a small model anyway
 # Card facts carried into the Space config: small, and all the summary needs.
 _METRIC_KEYS = ("eval_loss_first", "eval_loss_best", "train_loss_first", "train_loss_last", "steps",
                 "epochs", "trainable_params", "total_params", "tokens_per_second", "wall_seconds")
@@ -52,7 +53,8 @@ class _Adapter:
 # -- what the Space serves -----------------------------------------------------------------------
 def space_config(model: str | os.PathLike, *, repo_id: str | None = None, adapters: list[str] | None = None,
                  examples: list[str] | None = None, title: str | None = None, token: str | None = None,
-                 endpoint: str | None = None, local: bool = False) -> dict[str, Any]:
+                 endpoint: str | None = None, local: bool = False,
+                 tools: list[dict] | None = None) -> dict[str, Any]:
     """The ``tunekit_space.json`` for a fine-tune (and optional extra adapters on the same base).
 
     Args:
@@ -65,9 +67,12 @@ def space_config(model: str | os.PathLike, *, repo_id: str | None = None, adapte
         endpoint: Hub address for links; default: the one ``huggingface_hub`` uses.
         local: allow adapters that exist only as local folders (``run_space``); a pushed Space
             can only load adapters from the Hub.
+        tools: OpenAI function schemas the demo offers the model; default: those of the run's
+            training rows, when it was trained with tools (see :func:`trained_tools`). With
+            tools the app shows each call (name and arguments) and takes a pasted tool result.
 
     Returns:
-        The config as a dict (``adapters``, ``base``, ``title``, ``examples``…).
+        The config as a dict (``adapters``, ``base``, ``title``, ``examples``, ``tools``…).
 
     Raises:
         ConfigError: an adapter was never pushed (when not ``local``), or the adapters do not
@@ -79,7 +84,8 @@ def space_config(model: str | os.PathLike, *, repo_id: str | None = None, adapte
         'alice/notes-lora'
     """
     opened = _open_all(model, repo_id=repo_id, adapters=adapters, token=token)
-    return _config(opened, examples=examples, title=title, endpoint=endpoint or _endpoint(token), local=local)
+    return _config(opened, examples=examples, title=title, endpoint=endpoint or _endpoint(token), local=local,
+                   tools=tools)
 
 
 def _open_all(model: str | os.PathLike, *, repo_id: str | None, adapters: list[str] | None,
@@ -98,7 +104,7 @@ def _open(item: str | os.PathLike, *, repo_id: str | None = None, token: str | N
 
 
 def _config(opened: list[_Adapter], *, examples: list[str] | None, title: str | None, endpoint: str,
-            local: bool) -> dict[str, Any]:
+            local: bool, tools: list[dict] | None = None) -> dict[str, Any]:
     endpoint = endpoint.rstrip("/")
     entries = [_adapter_entry(a, endpoint=endpoint, local=local) for a in opened]
     _check_one_base(opened, entries)
@@ -118,6 +124,9 @@ def _config(opened: list[_Adapter], *, examples: list[str] | None, title: str | 
         "system_prompt": "",
         # CPU Spaces are slow; a short default keeps the first answer quick (the slider goes up).
         "max_new_tokens": 128,
+        # The functions the demo offers (empty: a plain chat); the app shows the calls.
+        "tools": list(tools) if tools is not None else trained_tools(first),
+        "tool_style": _tool_style(first),
         "tunekit_version": __version__,
     }
 
@@ -167,6 +176,39 @@ def held_out_prompts(run: RunInfo, n: int = MAX_EXAMPLES) -> list[str]:
     if not prompts and legacy:
         prompts.append(str(legacy))
     return prompts
+
+
+def _tool_style(run: RunInfo) -> str | None:
+    # Records written before tool calling have no such field.
+    return getattr(run.template, "tools", None)
+
+
+def trained_tools(run: RunInfo, limit: int = MAX_TOOLS) -> list[dict]:
+    """The function schemas a run's training rows offered, each function once (first
+    definition wins), in the order first seen; empty when the run was not trained with tools
+    or its data is no longer where it was.
+
+    Args:
+        run: the fine-tune's record (``tunekit.json``).
+        limit: the most functions to return.
+    """
+    from . import data
+
+    source = run.data.source if run.data else None
+    if not source or not Path(str(source)).exists():
+        return []
+    try:
+        rows, _ = data.read_examples(source, on_bad_rows="skip")
+    except Exception as e:  # a nicety: a changed file must not stop a push
+        log.info("could not re-read the tools of %s: %s", source, e)
+        return []
+    seen: dict[str, dict] = {}
+    for row in rows:
+        for tool in row.get("tools") or []:
+            name = (tool.get("function") or {}).get("name")
+            if name and name not in seen:
+                seen[name] = tool
+    return list(seen.values())[:limit]
 
 
 def _held_out_rows(run: RunInfo) -> list[dict]:
@@ -276,7 +318,7 @@ def write_space(folder: str | os.PathLike, config: dict[str, Any], *, endpoint: 
 
 def push_space(model: str | os.PathLike, space_id: str, *, repo_id: str | None = None, private: bool = False,
                token: str | None = None, adapters: list[str] | None = None, examples: list[str] | None = None,
-               title: str | None = None, link_card: bool = True) -> str:
+               title: str | None = None, link_card: bool = True, tools: list[dict] | None = None) -> str:
     """Create (or update) a Gradio Space that demos a pushed fine-tune, and link it from the
     adapter's model card.
 
@@ -294,6 +336,7 @@ def push_space(model: str | os.PathLike, space_id: str, *, repo_id: str | None =
         examples: example prompts; default: user turns of the held-out rows.
         title: the Space's title.
         link_card: add a "Try it" link to the Space on each adapter's model card.
+        tools: the function schemas the demo offers; default: those the run trained with.
 
     Returns:
         The Space's URL.
@@ -317,7 +360,7 @@ def push_space(model: str | os.PathLike, space_id: str, *, repo_id: str | None =
         raise ConfigError(f"space_id must look like 'user/name-demo', got {space_id!r}")
     api = HfApi(token=token)
     opened = _open_all(model, repo_id=repo_id, adapters=adapters, token=token)
-    config = _config(opened, examples=examples, title=title, endpoint=api.endpoint, local=False)
+    config = _config(opened, examples=examples, title=title, endpoint=api.endpoint, local=False, tools=tools)
     try:
         url = api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="tunekit-space-") as tmp:
@@ -408,7 +451,7 @@ class SpaceServer:
 
 def run_space(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None,
               share: bool = False, adapters: list[str] | None = None, examples: list[str] | None = None,
-              token: str | None = None) -> SpaceServer:
+              token: str | None = None, tools: list[dict] | None = None) -> SpaceServer:
     """Start the Space app on this machine for a fine-tune, without pushing anything.
 
     Args:
@@ -420,6 +463,7 @@ def run_space(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | 
         adapters: more adapters on the same base, for the picker.
         examples: example prompts; default: the held-out rows' user turns.
         token: Hub token for private repos.
+        tools: the function schemas the demo offers; default: those the run trained with.
 
     Returns:
         A :class:`SpaceServer`; the server runs in a background thread until ``close()``.
@@ -433,7 +477,7 @@ def run_space(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int | 
     if isinstance(model, str) and model.startswith("spaces/") and not Path(model).exists():
         config = _pushed_config(model[len("spaces/"):], token=token)
     else:
-        config = space_config(model, adapters=adapters, examples=examples, token=token, local=True)
+        config = space_config(model, adapters=adapters, examples=examples, token=token, local=True, tools=tools)
     app = load_app()
     models = app.Models(config, token=token)
     models.warm()

@@ -1,11 +1,18 @@
-"""Generating a reply over the pool, whole or piece by piece, with the token counts and finish
-reason OpenAI's answers carry. Blocking: the web layer runs these in worker threads."""
+"""Generating a reply over the pool, whole or piece by piece, with the token counts, finish
+reason and tool calls OpenAI's answers carry. Blocking: the web layer runs these in worker
+threads.
+
+A request with ``tools`` is rendered and read through :func:`tunekit.chat.plan_tools` (the same
+template and tool format as training): its reply's calls come back parsed, a streamed reply
+holds call syntax back from its text pieces, and ``tool_choice`` other than ``"auto"`` prefills
+the start of a call.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import chat as chatlib
@@ -22,7 +29,8 @@ class Reply:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    tool_calls: list[chatlib.ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +41,31 @@ class StreamState:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     error: BaseException | None = None
+    tool_calls: list[chatlib.ToolCall] = field(default_factory=list)
+
+
+def conversation(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The request's messages as a chat template takes them: tool calls and results normalised
+    as training rows are (:func:`tunekit.chat.to_messages`).
+
+    Raises:
+        DataError: a tool message is malformed (arguments that are not JSON, a result that
+            answers no call); its ``row`` is None and its message names the message.
+    """
+    return chatlib.to_messages(request.chat_messages(), tools=request.tool_schemas())
+
+
+def plan_for(tokenizer, request: ChatCompletionRequest) -> chatlib.ToolPlan | None:
+    """How a request with ``tools`` is rendered and read; None for a plain chat.
+
+    Raises:
+        TemplateError: the template has no tool support. ConfigError: ``tool_choice`` cannot be
+            enforced.
+    """
+    if request.tools is None:
+        return None
+    return chatlib.plan_tools(tokenizer, request.tool_schemas(), tool_choice=request.choice,
+                              parallel_tool_calls=request.parallel)
 
 
 def finish_reason(new_ids: list[int], tokenizer, max_tokens: int, *, count: int | None = None) -> str:
@@ -64,8 +97,8 @@ def context_length(config, tokenizer) -> int | None:
         tokenizer: its tokenizer, whose ``model_max_length`` is the fallback.
     """
     for cfg in (config, getattr(config, "text_config", None)):
-        for field in _CONTEXT_FIELDS:
-            value = getattr(cfg, field, None)
+        for name in _CONTEXT_FIELDS:
+            value = getattr(cfg, name, None)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
     limit = getattr(tokenizer, "model_max_length", None)
@@ -73,9 +106,10 @@ def context_length(config, tokenizer) -> int | None:
     return limit if isinstance(limit, int) and 0 < limit < 10**7 else None
 
 
-def prompt_tokens(tokenizer, messages: list[dict[str, str]]) -> int:
-    """How many tokens the chat-templated prompt (with the assistant turn opened) takes."""
-    return int(chatlib.encode_prompt(tokenizer, messages, "cpu")["input_ids"].shape[1])
+def prompt_tokens(tokenizer, messages: list[dict[str, Any]], plan: chatlib.ToolPlan | None = None) -> int:
+    """How many tokens the chat-templated prompt (with the assistant turn opened, tools and
+    prefill included) takes."""
+    return int(chatlib.encode_prompt(tokenizer, messages, "cpu", plan=plan)["input_ids"].shape[1])
 
 
 def _seed(seed: int | None) -> None:
@@ -100,15 +134,21 @@ def complete(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequ
     """
     import torch
 
+    messages = conversation(request)
     with pool.using(adapter) as (model, tokenizer):
-        inputs = chatlib.encode_prompt(tokenizer, request.chat_messages(), model.device)
+        plan = plan_for(tokenizer, request)
+        inputs = chatlib.encode_prompt(tokenizer, messages, model.device, plan=plan)
         _seed(request.seed)
         with torch.inference_mode():
-            out = model.generate(**inputs, **_generation(request, tokenizer))
+            out = model.generate(**inputs, **chatlib.stopping(tokenizer, inputs, plan),
+                                 **_generation(request, tokenizer))
     prompt = inputs["input_ids"].shape[1]
     new = out[0][prompt:].tolist()
-    text = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return Reply(text, prompt, len(new), finish_reason(new, tokenizer, request.max_new_tokens))
+    finish = finish_reason(new, tokenizer, request.max_new_tokens)
+    if plan is None:
+        return Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), prompt, len(new), finish)
+    reply = chatlib.reply_from_text(chatlib.decode_reply(tokenizer, new, plan), plan)
+    return Reply(reply.content, prompt, len(new), "tool_calls" if reply.tool_calls else finish, reply.tool_calls)
 
 
 def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest,
@@ -120,26 +160,32 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
         stop: set it to end generation early (the client went away).
 
     Returns:
-        The text pieces, and the state holding the counts once the pieces are exhausted. An
-        error in generation is raised from the iterator.
+        The text pieces, and the state holding the counts (and, with tools, the calls) once the
+        pieces are exhausted. With tools the pieces are the reply's text only: call syntax is
+        held back and read into ``state.tool_calls`` at the end. An error in generation is
+        raised from the iterator.
     """
     import torch
 
     state = StreamState()
     ready = threading.Event()
     holder: dict[str, Any] = {}
+    messages = conversation(request)
 
     def work():
         try:
             with pool.using(adapter) as (model, tokenizer):
-                streamer = _counting_streamer(tokenizer, timeout=600)
+                plan = holder["plan"] = plan_for(tokenizer, request)
+                streamer = _counting_streamer(tokenizer, plan, timeout=600)
                 holder["streamer"] = streamer
-                inputs = chatlib.encode_prompt(tokenizer, request.chat_messages(), model.device)
+                inputs = chatlib.encode_prompt(tokenizer, messages, model.device, plan=plan)
                 state.prompt_tokens = int(inputs["input_ids"].shape[1])
                 ready.set()
                 _seed(request.seed)
+                criteria = _stop_on(stop)
+                criteria.extend(chatlib.stopping(tokenizer, inputs, plan).get("stopping_criteria", []))
                 with torch.inference_mode():
-                    model.generate(**inputs, streamer=streamer, stopping_criteria=_stop_on(stop),
+                    model.generate(**inputs, streamer=streamer, stopping_criteria=criteria,
                                    **_generation(request, tokenizer))
                 state.completion_tokens = streamer.generated
                 last = [streamer.last_token] if streamer.last_token is not None else []
@@ -153,7 +199,7 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
     thread = threading.Thread(target=work, name="tunekit-generate", daemon=True)
     thread.start()
 
-    def pieces() -> Iterator[str]:
+    def raw() -> Iterator[str]:
         ready.wait()
         if state.error is not None:
             raise state.error
@@ -164,17 +210,47 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
         if state.error is not None:
             raise state.error
 
+    def pieces() -> Iterator[str]:
+        text = raw()
+        first = next(text, None)  # the plan is known once generation has started
+        plan = holder.get("plan")
+        if plan is None:
+            if first is not None:
+                yield first
+                yield from text
+            return
+        shown = chatlib.ContentFilter(plan)
+        shown.feed(plan.prefix)
+        for piece in ([first] if first is not None else []):
+            out = shown.feed(piece)
+            if out:
+                yield out
+        for piece in text:
+            out = shown.feed(piece)
+            if out:
+                yield out
+        reply = chatlib.reply_from_text(shown.text, plan)
+        rest = shown.finish(reply)
+        if rest:
+            yield rest
+        state.tool_calls = reply.tool_calls
+        if reply.tool_calls:
+            state.finish_reason = "tool_calls"
+
     return pieces(), state
 
 
-def _counting_streamer(tokenizer, **kwargs):
+def _counting_streamer(tokenizer, plan: chatlib.ToolPlan | None = None, **kwargs):
     """A ``TextIteratorStreamer`` that also counts the generated tokens and keeps the last one,
-    so a streamed reply can report usage and finish_reason."""
+    so a streamed reply can report usage and finish_reason. With tools, special tokens are kept
+    (a call marker may be one) and only the end of turn and padding left out."""
     from transformers import TextIteratorStreamer
+
+    stops = chatlib.stop_ids(tokenizer) if plan is not None else set()
 
     class CountingStreamer(TextIteratorStreamer):
         def __init__(self):
-            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True, **kwargs)
+            super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=plan is None, **kwargs)
             self.generated = 0
             self.last_token: int | None = None
             self._prompt_seen = False
@@ -185,6 +261,11 @@ def _counting_streamer(tokenizer, **kwargs):
                 self.generated += len(ids)
                 if ids:
                     self.last_token = ids[-1]
+                if stops:
+                    kept = [i for i in ids if i not in stops]
+                    if not kept:
+                        return
+                    value = value.new_tensor(kept)
             else:
                 self._prompt_seen = True  # generate() hands over the prompt first
             super().put(value)

@@ -1,4 +1,5 @@
-"""``POST /v1/chat/completions``: one reply, whole or streamed as server-sent events."""
+"""``POST /v1/chat/completions``: one reply, whole or streamed as server-sent events, with tool
+calls when the request offers ``tools``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..errors import HubError, ModelError, TunekitError
+from ..errors import ConfigError, DataError, HubError, ModelError, TemplateError, TunekitError
 from . import generation, streaming
 from .context import ServerContext, context_of
 from .errors import APIError, context_exceeded, from_validation, model_not_found, server_error
-from .schemas import AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, Usage
+from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, FunctionCallOut, ToolCallOut,
+                      Usage)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ async def chat_completions(request: Request) -> dict | StreamingResponse:
         events = streaming.events(context.pool, adapter, req, ident=ident, created=created)
         return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
     reply = await run_in_threadpool(_complete, context, adapter, req)
-    choice = Choice(message=AssistantMessage(content=reply.text), finish_reason=reply.finish_reason)
+    calls = [ToolCallOut(id=c.id, function=FunctionCallOut(**c.to_openai()["function"])) for c in reply.tool_calls]
+    message = AssistantMessage(content=reply.text or (None if calls else ""), tool_calls=calls or None)
+    choice = Choice(message=message, finish_reason=reply.finish_reason)
     return ChatCompletion(id=ident, created=created, model=req.model, choices=[choice],
                           usage=Usage.of(reply.prompt_tokens, reply.completion_tokens)).model_dump()
 
@@ -72,14 +76,20 @@ def _fit(context: ServerContext, adapter: str | None, req: ChatCompletionRequest
     A prompt that fills the context, or one that does not leave room for the ``max_tokens`` the
     request set, is refused as OpenAI refuses it; an unset ``max_tokens`` shrinks to the room left.
 
+    Tool messages are normalised and the tool plan settled here too, so that a request the
+    model cannot answer is refused before a stream starts.
+
     Raises:
-        APIError: 400 ``context_length_exceeded``.
+        APIError: 400 ``context_length_exceeded``; 400 for malformed tool messages
+            (``messages``), tools the template cannot render (``tools``) or a ``tool_choice``
+            that cannot be enforced.
     """
     tokenizer = context.pool.tokenizer_for(adapter)
+    messages, plan = _tool_checks(tokenizer, req)
     limit = generation.context_length(context.pool.model.config, tokenizer)
     if limit is None:
         return req
-    prompt = generation.prompt_tokens(tokenizer, req.chat_messages())
+    prompt = generation.prompt_tokens(tokenizer, messages, plan)
     if prompt >= limit:
         raise context_exceeded(limit, prompt, req.max_new_tokens if req.max_tokens_given else None)
     if prompt + req.max_new_tokens <= limit:
@@ -87,6 +97,21 @@ def _fit(context: ServerContext, adapter: str | None, req: ChatCompletionRequest
     if req.max_tokens_given:
         raise context_exceeded(limit, prompt, req.max_new_tokens)
     return req.model_copy(update={"max_tokens": limit - prompt})
+
+
+def _tool_checks(tokenizer, req: ChatCompletionRequest):
+    try:
+        messages = generation.conversation(req)
+    except DataError as e:
+        raise APIError(400, f"Invalid 'messages': {e}", param="messages", code="invalid_value") from e
+    try:
+        plan = generation.plan_for(tokenizer, req)
+    except TemplateError as e:
+        raise APIError(400, f"The model '{req.model}' cannot take tools: {e}", param="tools",
+                       code="unsupported_parameter") from e
+    except ConfigError as e:
+        raise APIError(400, f"Invalid value for 'tool_choice': {e}", param="tool_choice", code="invalid_value") from e
+    return messages, plan
 
 
 def _complete(context: ServerContext, adapter: str | None, req: ChatCompletionRequest) -> generation.Reply:

@@ -1,18 +1,24 @@
-"""A streamed reply as server-sent events: a role chunk, content chunks, a chunk with the
-finish_reason, a usage chunk when asked, then ``data: [DONE]``."""
+"""A streamed reply as server-sent events: a role chunk, content chunks, tool-call chunks, a
+chunk with the finish_reason, a usage chunk when asked, then ``data: [DONE]``.
+
+Tool calls stream the way OpenAI streams them, so the official client's stream helpers
+assemble them: per call, a first delta with its ``index``, ``id``, ``type``, the function's
+name and empty ``arguments``, then deltas with ``index`` and the arguments' JSON in fragments.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from . import generation
 from .errors import server_error
-from .schemas import ChatCompletionChunk, ChunkChoice, Delta, Usage
+from .schemas import ChatCompletionChunk, ChunkChoice, Delta, FunctionDelta, ToolCallDelta, Usage
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..serve import AdapterPool
@@ -63,6 +69,8 @@ async def events(pool: AdapterPool, adapter: str | None, request: ChatCompletion
                 yield f"data: {json.dumps(server_error(request.model, item).body())}\n\n"
                 break
             if isinstance(item, generation.StreamState):  # the end
+                for delta in tool_call_deltas(item.tool_calls):
+                    yield chunk(delta)
                 yield chunk(Delta(), item.finish_reason)
                 if usage:
                     yield chunk(None, totals=Usage.of(item.prompt_tokens, item.completion_tokens))
@@ -72,6 +80,24 @@ async def events(pool: AdapterPool, adapter: str | None, request: ChatCompletion
     finally:
         # Client gone (or done): stop generating so the model is free for the next request.
         stop.set()
+
+
+# Argument fragments end after a JSON punctuation mark or a run of word characters, about the
+# pieces a tokenizer would make.
+_FRAGMENT = re.compile(r'\s*(?:[\w.-]+|"[^"]{0,16}"?|.)')
+
+
+def tool_call_deltas(calls) -> list[Delta]:
+    """The deltas that stream ``calls`` (:class:`tunekit.chat.ToolCall`) as OpenAI does."""
+    deltas = []
+    for index, call in enumerate(calls):
+        wire = call.to_openai()
+        deltas.append(Delta(tool_calls=[ToolCallDelta(index=index, id=call.id, type="function", function=FunctionDelta(
+            name=call.name, arguments=""))]))
+        arguments = wire["function"]["arguments"]
+        for piece in _FRAGMENT.findall(arguments):
+            deltas.append(Delta(tool_calls=[ToolCallDelta(index=index, function=FunctionDelta(arguments=piece))]))
+    return deltas
 
 
 def _pump(put, pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest, stop: threading.Event) -> None:
