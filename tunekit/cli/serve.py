@@ -17,15 +17,62 @@ def serve(args: argparse.Namespace) -> int:
     if args.max_body < 1:
         raise ConfigError(f"--max-body must be at least 1 byte, got {args.max_body}")
     from ..server import serve as serve_fn
+    from ..server.vllm import parse_lora_module
+
+    modules = [parse_lora_module(text) for text in args.lora_modules or []]
+    for module in modules:
+        if module.base_model_name and module.base_model_name != (args.base or module.base_model_name):
+            raise ConfigError(f"--lora-modules {module.name}: made for base {module.base_model_name!r}, "
+                              f"but this server's base is {args.base!r}")
+    if args.print_vllm:
+        return _print_vllm(args, modules)
 
     def ready(url: str) -> None:
         # The URL on stdout, flushed: scripts (and tests) wait for this line.
         print(f"serving {args.base or 'the embedded SmolLM2-135M-Instruct'} with {len(args.adapter or [])} "
               f"adapter(s) at {url}", flush=True)
 
+    if args.jobs_concurrency < 1:
+        raise ConfigError(f"--jobs-concurrency must be at least 1, got {args.jobs_concurrency}")
+    from ..jobs.owners import read_keys_file
+
+    keys = {key: None for key in args.api_key or []}  # owner named from the key
+    if args.api_keys_file:
+        keys.update(read_keys_file(args.api_keys_file))
+    api_key = next(iter(keys)) if len(keys) == 1 and not args.api_keys_file else (keys or None)
     serve_fn(args.base, args.adapter or [], host=args.host, port=args.port, max_loaded=args.max_loaded,
-             device=args.device, allow_any=args.allow_any, api_key=args.api_key, max_body=args.max_body, ready=ready)
+             device=args.device, allow_any=args.allow_any, api_key=api_key, max_body=args.max_body,
+             data=args.data, jobs_concurrency=args.jobs_concurrency, ready=ready,
+             lora_modules={m.name: m.path for m in modules}, allow_runtime_lora=args.allow_runtime_lora,
+             lora_root=args.lora_root, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
+
+
+def _print_vllm(args: argparse.Namespace, modules) -> int:
+    """``--print-vllm``: the ``vllm serve`` line for the same base and adapters on stdout; on
+    stderr, each adapter left out (not in the form vLLM loads) and why. Exit 1 when any was."""
+    import sys
+    from pathlib import Path
+
+    from ..hub import local_folder
+    from ..server.vllm import LoraModule, command
+
+    adapters = [LoraModule(a, a) for a in args.adapter or []] + list(modules)
+    folders = {}
+    for module in adapters:
+        if Path(module.path).expanduser().is_dir():
+            folders[module.name] = Path(module.path).expanduser()
+        else:
+            try:
+                folders[module.name] = local_folder(module.path)[0]
+            except Exception:  # noqa: BLE001 - the Hub may be out of reach; the line is still printed
+                pass
+    line, notes = command(args.base, adapters, folders=folders, host=args.host, port=args.port,
+                          max_loaded=args.max_loaded, api_key=bool(args.api_key))
+    print(line)
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+    return 1 if any(": left out:" in n for n in notes) else 0
 
 
 def merge(args: argparse.Namespace) -> int:
@@ -68,7 +115,26 @@ def register(sub) -> None:
     cmd.add_argument("--allow-any", action="store_true",
                      help="also serve adapters not listed, pulled by Hub id (user/name) when a request asks for "
                           "them; local folders are served only when listed with --adapter")
-    cmd.add_argument("--api-key", help="require `Authorization: Bearer KEY` on every request, /health included")
+    cmd.add_argument("--api-key", action="append", metavar="KEY",
+                     help="require `Authorization: Bearer KEY` on every request, /health included; repeat it for "
+                          "several keys, each its own tenant (its own files, fine-tuning jobs and models)")
+    cmd.add_argument("--api-keys-file", metavar="FILE",
+                     help="more keys, one per line: `KEY` or `OWNER KEY` (OWNER appears in fine-tuned model ids)")
+    cmd.add_argument("--data", metavar="DIR",
+                     help="folder for the Files and Fine-tuning Jobs API (default: $TUNEKIT_HOME/server)")
+    cmd.add_argument("--jobs-concurrency", type=int, default=1, metavar="N",
+                     help="fine-tuning jobs trained at once, each in its own process (default: 1)")
+    cmd.add_argument("--lora-modules", nargs="+", action="extend", metavar="NAME=PATH",
+                     help="adapters served under a name of their own, as vLLM takes them: name=path (path: Hub id "
+                          "or folder) or JSON {\"name\": …, \"path\": …, \"base_model_name\": …}")
+    cmd.add_argument("--allow-runtime-lora", action="store_true",
+                     help="serve vLLM's POST /v1/load_lora_adapter and /v1/unload_lora_adapter (behind --api-key)")
+    cmd.add_argument("--lora-root", metavar="DIR",
+                     help="folder whose subfolders /v1/load_lora_adapter may load by path (default: Hub ids only)")
+    cmd.add_argument("--print-vllm", action="store_true",
+                     help="print the `vllm serve` command line for the same base and adapters, and exit")
+    cmd.add_argument("--ssl-certfile", metavar="PEM", help="serve HTTPS with this certificate (with --ssl-keyfile)")
+    cmd.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     cmd.add_argument("--max-body", type=size, default="8MiB", metavar="SIZE",
                      help="largest request body, e.g. 8MiB or 500kB; larger ones get 413 (default: 8MiB)")
     cmd.set_defaults(func=serve)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI, Request
 
 from ..errors import ConfigError
-from . import routes_chat, routes_models
+from . import routes_chat, routes_lora, routes_models
 from .context import DEFAULT_MAX_BODY, ServerContext, context_of
 from .errors import APIError, add_handlers, too_large
 
@@ -69,7 +69,8 @@ async def _health(request: Request) -> dict:
 
 def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
                api_key: str | None = None, base_name: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY) -> FastAPI:
+               max_body: int = DEFAULT_MAX_BODY, lora_modules: dict[str, str] | None = None,
+               allow_runtime_lora: bool = False, lora_root: str | None = None) -> FastAPI:
     """The OpenAI-compatible API over one adapter pool, as an ASGI app.
 
     Args:
@@ -82,6 +83,10 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
         base_name: the model id that answers with the base alone; default: the pool's base name.
         max_body: the largest request body in bytes (default 8 MiB); a larger one gets 413
             before it is read, with or without ``api_key``.
+        lora_modules: adapters under names of their own, ``{name: Hub id or folder}`` (vLLM's
+            ``--lora-modules``).
+        allow_runtime_lora: serve vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``.
+        lora_root: the folder whose subfolders those may load by path (default: Hub ids only).
 
     Returns:
         A FastAPI app; run it with uvicorn, mount it in another app, or see :func:`serve`.
@@ -94,7 +99,8 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
     """
     app = FastAPI(title="tunekit OpenAI-compatible server", docs_url=None, redoc_url=None)
     app.state.context = ServerContext(pool, adapters, allow_any=allow_any, api_key=api_key, base_name=base_name,
-                                      max_body=max_body)
+                                      max_body=max_body, lora_modules=lora_modules,
+                                      allow_runtime_lora=allow_runtime_lora, lora_root=lora_root)
     add_handlers(app)
     # The last added runs first: the key is checked, then the body is bounded as it is read.
     app.add_middleware(_BodyLimit, limit=max_body)
@@ -102,12 +108,21 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
     app.add_api_route("/health", _health, methods=["GET"])
     app.include_router(routes_models.router)
     app.include_router(routes_chat.router)
+    app.include_router(routes_lora.router)
+    from . import routes_files, routes_jobs  # the Files and Fine-tuning Jobs API
+
+    app.include_router(routes_files.router)
+    app.include_router(routes_jobs.router)
+    routes_jobs.attach(app)  # default settings; serve() (or a caller) may attach others before it starts
     return app
 
 
 def serve(base: str | None = None, adapters: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           max_loaded: int | None = None, device: str | None = None, token: str | None = None,
-          allow_any: bool = False, api_key: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+          allow_any: bool = False, api_key: str | list[str] | dict[str, str] | None = None,
+          max_body: int = DEFAULT_MAX_BODY, data: str | None = None, jobs_concurrency: int = 1,
+          lora_modules: dict[str, str] | None = None, allow_runtime_lora: bool = False,
+          lora_root: str | None = None, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
           ready: Callable[[str], None] | None = None) -> None:
     """Run the OpenAI-compatible server until interrupted.
 
@@ -120,8 +135,15 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
         device: "cpu" or "cuda"; default: cuda when available.
         token: Hub token for private adapters and base.
         allow_any: also serve adapters not listed, pulled by Hub id when a request asks.
-        api_key: require ``Authorization: Bearer <api_key>`` on every request.
-        max_body: the largest request body in bytes; larger ones get 413.
+        api_key: require ``Authorization: Bearer <api_key>`` on every request; several keys (a
+            list, or a mapping of key to owner name) are separate tenants: each sees only its
+            own files, fine-tuning jobs and fine-tuned models.
+        max_body: the largest request body in bytes (uploads included); larger ones get 413.
+        data: folder for the Fine-tuning Jobs API's files, jobs and runs (default
+            ``$TUNEKIT_HOME/server``); queued and interrupted jobs carry on when it restarts.
+        jobs_concurrency: fine-tuning jobs trained at once, each in its own process.
+        lora_modules, allow_runtime_lora, lora_root: as for :func:`create_app`.
+        ssl_certfile, ssl_keyfile: a PEM certificate (chain) and its key: speak HTTPS (uvicorn's TLS).
         ready: called with the base URL once the server accepts connections.
 
     A ``host`` other than loopback logs a warning (see :func:`exposure_warning`): this server
@@ -137,16 +159,22 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
 
     from ..serve import AdapterPool
 
-    warning = exposure_warning(host, api_key=api_key)
+    tls = _check_tls(ssl_certfile, ssl_keyfile)
+    warning = exposure_warning(host, api_key=api_key, tls=tls)
     if warning:  # before the base loads, so it is seen at once
         log.warning("%s", warning)
     pool = AdapterPool(base, max_loaded=max_loaded, device=device, token=token, auto_add=True)
-    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key, max_body=max_body)
+    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key, max_body=max_body,
+                     lora_modules=lora_modules, allow_runtime_lora=allow_runtime_lora, lora_root=lora_root)
+    from .routes_jobs import attach
+
+    attach(app, data=data, concurrency=jobs_concurrency)
     # Bind before announcing the URL, so whoever reads it can connect at once (and port 0 works).
     sock = _bind(host, port)
-    runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                           ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
     bound = sock.getsockname()[1]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{bound}/v1"
+    url = f"{'https' if tls else 'http'}://{host if ':' not in host else f'[{host}]'}:{bound}/v1"
     log.info("OpenAI-compatible server for %s at %s", ", ".join(app.state.context.model_ids()), url)
     if ready is not None:
         ready(url)
@@ -156,9 +184,10 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
         sock.close()
 
 
-def exposure_warning(host: str, *, api_key: str | None = None) -> str | None:
+def exposure_warning(host: str, *, api_key=None, tls: bool = False) -> str | None:
     """What to tell whoever binds ``host``: None for loopback, else a warning that the server is
-    reachable from other machines over plain HTTP (and, without ``api_key``, open to all).
+    reachable from other machines over plain HTTP (and, without ``api_key``, open to all). With
+    ``tls`` only a missing key is worth a warning.
 
     Example:
         >>> exposure_warning("127.0.0.1") is None
@@ -166,13 +195,27 @@ def exposure_warning(host: str, *, api_key: str | None = None) -> str | None:
     """
     if _is_loopback(host):
         return None
+    if tls:
+        return None if api_key else (f"listening on {host}, reachable from other machines, over TLS, without "
+                                     "--api-key: anyone who reaches it can use it.")
     carried = "prompts, replies and the API key" if api_key else "prompts and replies"
     text = (f"listening on {host}, reachable from other machines, over plain HTTP: {carried} cross the network "
-            "unencrypted. Put a TLS-terminating proxy in front of a server bound to 127.0.0.1, or keep this "
-            "address on a network you trust.")
+            "unencrypted. Pass --ssl-certfile/--ssl-keyfile, or put a TLS-terminating proxy in front of a "
+            "server bound to 127.0.0.1, or keep this address on a network you trust.")
     if not api_key:
         text += " Without --api-key anyone who reaches it can use it."
     return text
+
+
+def _check_tls(certfile: str | None, keyfile: str | None) -> bool:
+    from pathlib import Path
+
+    if (certfile is None) != (keyfile is None):
+        raise ConfigError("TLS needs both --ssl-certfile and --ssl-keyfile (a PEM certificate and its key)")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{flag} {path!r}: no such file")
+    return certfile is not None
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -36,15 +37,28 @@ class ServerContext:
         api_key: when set, every request must carry ``Authorization: Bearer <api_key>``.
         base_name: the model id that answers with the base alone; default: the pool's base name.
         max_body: the largest request body accepted, in bytes; larger ones get 413.
+        lora_modules: adapters served under a name of their own (``{name: Hub id or folder}``,
+            vLLM's ``--lora-modules``); registered in the pool (pulled on first use) and listed.
+        allow_runtime_lora: turn on ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``.
+        lora_root: the one folder whose subfolders ``/v1/load_lora_adapter`` may load by path;
+            None: Hub ids only.
 
     Raises:
         ConfigError: an adapter has the base's name, or ``max_body`` is not a positive integer.
     """
 
     def __init__(self, pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
-                 api_key: str | None = None, base_name: str | None = None, max_body: int = DEFAULT_MAX_BODY):
+                 api_key: str | None = None, base_name: str | None = None, max_body: int = DEFAULT_MAX_BODY,
+                 lora_modules: dict[str, str] | None = None, allow_runtime_lora: bool = False,
+                 lora_root: str | Path | None = None):
         self.pool = pool
-        self.adapters = list(dict.fromkeys(adapters or []))
+        for name, source in (lora_modules or {}).items():
+            pool.register(source, name=name)
+        self.adapters = list(dict.fromkeys([*(adapters or []), *(lora_modules or {})]))
+        self.allow_runtime_lora = allow_runtime_lora
+        self.lora_root = Path(lora_root).expanduser().resolve() if lora_root is not None else None
+        if self.lora_root is not None and not self.lora_root.is_dir():
+            raise ConfigError(f"lora_root {str(lora_root)!r} is not a folder")
         self.allow_any = allow_any
         self.api_key = api_key
         self.base_name = base_name or pool.base
@@ -56,8 +70,14 @@ class ServerContext:
         self.created = int(time.time())
 
     def model_ids(self) -> list[str]:
-        """The base's name first, then the adapters in the order given."""
-        return [self.base_name, *self.adapters]
+        """The base's name first, then the adapters in the order given, then the caller's
+        fine-tuned models (:meth:`extra_models`)."""
+        return [self.base_name, *self.adapters, *self.extra_models()]
+
+    def extra_models(self) -> list[str]:
+        """Models served besides those named at start: the Fine-tuning Jobs API replaces this
+        (``tunekit.server.routes_jobs.attach``) with the fine-tunes of the request's caller."""
+        return []
 
     def adapter_for(self, model: str) -> str | None:
         """The adapter a request's ``model`` names; None for the base alone.
@@ -73,7 +93,7 @@ class ServerContext:
 
     def is_listed(self, model: str) -> bool:
         """Whether ``model`` was named when the server started (the base or a listed adapter)."""
-        return model == self.base_name or model in self.adapters
+        return model == self.base_name or model in self.adapters or model in self.extra_models()
 
     def unknown(self, model: str) -> APIError:
         """The one answer for every model this server will not serve: a path, a name it does not
@@ -88,12 +108,49 @@ class ServerContext:
         return {"status": "ok", "base": _public(self.base_name),
                 "loaded": [_public(name) for name in self.pool.adapters]}
 
+    def check_lora_name(self, name: str) -> str:
+        """A ``lora_name`` from a request, as a model id: printable, at most 256 characters, not
+        the base's name.
+
+        Raises:
+            APIError: 400 for a name that breaks those rules.
+        """
+        from .errors import APIError
+
+        if len(name) > 256 or not name.isprintable() or name.strip() != name or name == self.base_name:
+            raise APIError(400, "lora_name must be 1 to 256 printable characters, without surrounding spaces, "
+                                "and not the base model's name.", type="InvalidUserInput", param="lora_name")
+        return name
+
+    def lora_source(self, path: str) -> str:
+        """Where ``/v1/load_lora_adapter`` may load ``lora_path`` from: a Hub id as it is; a folder
+        only inside ``lora_root`` (resolved, so ``..`` and links cannot leave it).
+
+        Raises:
+            APIError: 400, one wording for every refused path (it says nothing about the disk).
+        """
+        from .errors import APIError
+
+        if is_hub_id(path) and not Path(path).expanduser().exists():
+            return path
+        if self.lora_root is not None:
+            resolved = (self.lora_root / path).resolve()
+            if resolved != self.lora_root and resolved.is_relative_to(self.lora_root) and resolved.is_dir():
+                return str(resolved)
+        raise APIError(400, "lora_path must be a Hub id (owner/name)"
+                            + (" or a folder inside the server's --lora-root." if self.lora_root else
+                               "; this server loads no local folders by request (start it with --lora-root DIR)."),
+                       type="InvalidUserInput", param="lora_path")
+
     def authorized(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header value lets the caller in."""
         if not self.api_key:
             return True
-        # Constant-time, so the key cannot be guessed from response times.
-        return secrets.compare_digest((authorization or "").encode(), f"Bearer {self.api_key}".encode())
+        # One key, or several (a list, or a mapping of key to owner): each its own tenant.
+        keys = [self.api_key] if isinstance(self.api_key, str) else list(self.api_key)
+        given = (authorization or "").encode()
+        # Constant-time, every key compared, so no key can be guessed from response times.
+        return any([secrets.compare_digest(given, f"Bearer {key}".encode()) for key in keys])
 
 
 def _public(name: str) -> str:

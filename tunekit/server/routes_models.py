@@ -15,6 +15,8 @@ def model_card(context: ServerContext, model_id: str) -> Model:
     """The ``/v1/models`` entry for one model id; adapters name the base as their ``parent``."""
     # A Hub id's owner; folders and bare names belong to tunekit.
     owner = model_id.split("/")[0] if "/" in model_id and not model_id.startswith((".", "/")) else "tunekit"
+    if model_id.startswith("ft:"):  # a fine-tuning job's model, ft:<base>:<owner>:<suffix>:<job>
+        owner = model_id.split(":")[2]
     parent = context.base_name if model_id != context.base_name else None
     return Model(id=model_id, created=context.created, owned_by=owner, parent=parent)
 
