@@ -321,6 +321,10 @@ def test_vllm_load_and_unload_lora_adapter(pool, hub_adapter, adapter_dirs, tmp_
         r = httpx.post(load, json=body, headers=key, timeout=30)
         assert r.status_code == 400 and "has already been loaded" in r.json()["error"]["message"]
         assert httpx.post(load, json={"lora_name": "x"}, headers=key, timeout=30).status_code == 400
+        # ft: names belong to the Fine-tuning Jobs API, one key each: never loadable from outside.
+        r = httpx.post(load, json={"lora_name": "ft:base:other:x:ftjob-1", "lora_path": hub_adapter},
+                       headers=key, timeout=30)
+        assert r.status_code == 400 and "has already been loaded" in r.json()["error"]["message"]
         # Paths: inside --lora-root only, every other one refused alike.
         r = httpx.post(load, json={"lora_name": "team-a", "lora_path": "team-a"}, headers=key, timeout=60)
         assert r.status_code == 200, r.text

@@ -50,7 +50,9 @@ async def load_lora_adapter(request: Request, body: LoadLoRAAdapterRequest):
     if not body.lora_name or not body.lora_path:
         raise APIError(400, "Both 'lora_name' and 'lora_path' must be provided.", type="InvalidUserInput")
     name = context.check_lora_name(body.lora_name)
-    if context.is_listed(name):
+    # A name the pool already holds may be another key's fine-tune (``ft:…``, hidden from this
+    # caller by the Jobs API): loading over it would replace that tenant's model.
+    if context.is_listed(name) or name in context.pool.registered or name.startswith("ft:"):
         raise APIError(400, f"The lora adapter '{name}' has already been loaded.", type="InvalidUserInput")
     source = context.lora_source(body.lora_path)
     try:
