@@ -41,12 +41,13 @@ def test_describe_lists_each_setting_its_value_and_why(config_only_base, chat_ro
     p = train.plan(chat_rows, base=str(config_only_base), method="lora", **FAST)
     text = p.describe()
     lines = text.splitlines()
-    names = ("data", "method", "learning rate", "batch", "updates", "rows per forward", "gradient checkpointing",
+    names = ("data", "objective", "method", "learning rate", "batch", "updates", "rows per forward", "gradient checkpointing",
              "eval_steps", "optimizer", "placement", "fastpath", "peak memory (est.)")
     assert [line.split("  ")[0] for line in lines] == list(names)
     # Aligned: every value starts in the same column.
     assert len({len(line) - len(line[len(name):].lstrip()) for line, name in zip(lines, names)}) == 1
     assert format_bytes(p.peak_bytes) in text and "LoRA's default" in text and "grad_accum" in text
+    assert lines[1].split() == ["objective", "sft", "from", "the", "data:", "chats"]
 
 
 def test_auto_is_decided_in_the_plan_with_its_reason(config_only_base, chat_rows):

@@ -107,7 +107,10 @@ def render_card(run: RunInfo, metrics: Metrics, *, repo_id: str | None = None,
         card_metadata(run, metrics, model_name=name),
         template_path=str(shipped_dir("templates") / "model_card.md.jinja"),
         model_name=name,
-        summary=f"Fine-tuned from `{run.base}` on {run.data.train_rows} examples.",
+        summary=_summary(run),
+        trainer=TRAINER_NAMES.get(run.objective, "SFTTrainer"),
+        objective=run.objective,
+        objective_label=OBJECTIVE_LABELS.get(run.objective, run.objective),
         method_label=methods.get(run.method).title,
         base=run.base,
         base_url=f"{endpoint}/{base_id}" if base_id else None,
@@ -119,6 +122,7 @@ def render_card(run: RunInfo, metrics: Metrics, *, repo_id: str | None = None,
         hyperparameters=_hyperparameters(run, metrics),
         template_name=run.template.name,
         template_sha256=run.template.sha256,
+        template_tools=run.template.tools,  # the template's tool-call format (issue 18)
         masking=("assistant turns only (content + end-of-turn token)" if run.train_on == "assistant"
                  else "every token"),
         data=run.data,
@@ -128,16 +132,31 @@ def render_card(run: RunInfo, metrics: Metrics, *, repo_id: str | None = None,
     )
 
 
-# The metrics the card's Results table lists, in this order.
-_RESULT_KEYS = ("train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_best", "steps",
+# The metrics the card's Results table lists, in this order (preference metrics when present).
+_RESULT_KEYS = ("train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_best",
+                "reward_accuracy_first", "reward_accuracy_last", "reward_margin_first", "reward_margin_last",
+                "logps_chosen_first", "logps_chosen_last", "logps_rejected_first", "logps_rejected_last", "steps",
                 "trainable_params", "total_params", "wall_seconds", "tokens_per_second", "peak_memory_bytes")
+
+TRAINER_NAMES = {"sft": "SFTTrainer", "dpo": "DPOTrainer", "kto": "KTOTrainer"}
+OBJECTIVE_LABELS = {"sft": "supervised fine-tuning (SFT)", "dpo": "preference tuning (DPO)",
+                    "kto": "preference tuning (KTO)"}
+
+
+def _summary(run: RunInfo) -> str:
+    rows = run.data.train_rows
+    what = {"dpo": f"{rows} preference pairs", "kto": f"{rows} labelled replies"}.get(run.objective, f"{rows} examples")
+    return f"Fine-tuned from `{run.base}` on {what}."
 
 
 def _hyperparameters(run: RunInfo, metrics: Metrics) -> list[tuple[str, Any]]:
     option = run.option
-    hyper = [("epochs", metrics.epochs), ("learning rate", option("lr") or methods.get(run.method).default_lr),
+    hyper = [("epochs", metrics.epochs), ("learning rate", option("lr") or methods.get(run.method).lr(run.objective)),
              ("batch size", f"{option('batch_size')} x {option('grad_accum')} accumulation"),
              ("max length", option("max_length")), ("seed", option("seed"))]
+    if run.preference:
+        hyper = [("objective", OBJECTIVE_LABELS.get(run.objective, run.objective)),
+                 ("beta", run.preference.get("beta")), ("reference", run.preference.get("reference"))] + hyper
     if run.adapter:
         hyper = [("LoRA r / alpha", f"{option('r')} / {option('alpha')}"),
                  ("LoRA dropout", option("dropout")), ("target modules", option("target_modules")),

@@ -49,7 +49,9 @@ class MethodResult:
         wall_seconds: training time (loading and saving excluded).
         tokens_per_second: training tokens (prompt and reply) per second.
         train_loss: the last logged training loss.
-        eval_loss: mean loss of the saved model over the trained tokens of the eval rows.
+        eval_loss: mean loss of the saved model over the trained tokens of the eval rows (SFT).
+        reward_accuracy / reward_margin: DPO/KTO: TRL's reward accuracy and margin on the eval
+            rows after training (KTO logs no accuracy).
         metric: mean of the task metric over the eval rows, when a metric was given.
         steps: optimizer updates done.
         output_dir: the method's run folder (a normal tunekit output folder).
@@ -66,6 +68,8 @@ class MethodResult:
     tokens_per_second: float | None = None
     train_loss: float | None = None
     eval_loss: float | None = None
+    reward_accuracy: float | None = None
+    reward_margin: float | None = None
     metric: float | None = None
     steps: int | None = None
     output_dir: str | None = None
@@ -87,6 +91,7 @@ class Comparison:
         rows: one :class:`MethodResult` per method, in the order asked for.
         output_dir: folder with ``compare.md``, ``compare.json``, ``compare.png``, ``data/``
             (the exact train/eval rows) and one run folder per method.
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"``, the same for every method.
     """
 
     base: str
@@ -99,6 +104,7 @@ class Comparison:
     rows: list[MethodResult]
     output_dir: Path
     options: dict[str, Any] = field(default_factory=dict)
+    objective: str = "sft"
 
     @property
     def markdown_path(self) -> Path:
@@ -127,7 +133,8 @@ class Comparison:
     def caption(self) -> str:
         """One line saying what was compared, for the top of the table."""
         budget = f"{self.steps} updates per method" if self.steps else f"{self.options.get('epochs', 2)} epoch(s) per method"
-        return (f"`{self.base}` on {self.device}; {self.train_rows} train / {self.eval_rows} eval rows, "
+        what = "" if self.objective == "sft" else f"{self.objective}, "
+        return (f"`{self.base}` on {self.device}; {what}{self.train_rows} train / {self.eval_rows} eval rows, "
                 f"seed {self.seed}; {budget}, batch {self.options.get('batch_size', 4)} x "
                 f"grad. accum. {self.options.get('grad_accum', 4)}.")
 
@@ -135,8 +142,9 @@ class Comparison:
         """The comparison as a Markdown table with a caption and the footnotes it needs."""
         from .units import format_bytes as _fmt_bytes
 
+        preference = self.objective != "sft"
         head = ["method", "trainable params", "peak memory (est.)", "peak memory (measured)", "wall time",
-                "tokens/s", "train loss", "eval loss"]
+                "tokens/s", "train loss"] + (["reward accuracy", "reward margin"] if preference else ["eval loss"])
         if self.metric_name:
             head.append(self.metric_name)
         lines = [self.caption(), "", "| " + " | ".join(head) + " |",
@@ -160,17 +168,18 @@ class Comparison:
                 f"{r.wall_seconds:.0f} s" if r.wall_seconds is not None else "–",
                 f"{r.tokens_per_second:.0f}" if r.tokens_per_second is not None else "–",
                 _num(r.train_loss),
-                _num(r.eval_loss),
-            ]
+            ] + ([_num(r.reward_accuracy), _num(r.reward_margin)] if preference else [_num(r.eval_loss)])
             if self.metric_name:
                 cells.append(_num(r.metric))
             lines.append("| " + " | ".join(cells) + " |")
         kind = next((r.peak_kind for r in self.rows if r.peak_kind), "rss")
         what = ("the peak resident memory of the method's own training process, loading included"
                 if kind == "rss" else "torch.cuda.max_memory_allocated of the method's own process")
+        scored = ("Reward accuracy and margin are TRL's, on the eval rows after training: how often the "
+                  "chosen reply out-scores the rejected one, and by how much." if preference else
+                  "Eval loss is the saved model's mean loss over the trained tokens of the eval rows.")
         lines += ["", f"Measured peak memory is {what}; the estimate is `tunekit estimate` for the same "
-                  "batch, longest row and device (decimal units). Eval loss is the saved model's mean loss "
-                  "over the trained tokens of the eval rows."]
+                  f"batch, longest row and device (decimal units). {scored}"]
         if self.metric_name:
             lines.append(f"`{self.metric_name}` is the mean task metric over the eval rows (greedy replies).")
         return "\n".join(lines) + "\n"
@@ -294,13 +303,14 @@ def compare(
     options = _checked_options(methods, steps, metric, max_new_tokens, base, options)
     opts = Options.from_kwargs({**options, "method": methods[0]})
     out = _output_dir(output_dir, base)
-    train_path, eval_path, n_train, n_eval, encoded, eval_rows = _prepare_data(data, eval_data, opts, out)
-    base_name, plans = _plans(opts, methods, encoded)
+    train_path, eval_path, n_train, n_eval, encoded, eval_rows, objective = _prepare_data(data, eval_data, opts, out)
+    base_name, plans = _plans(opts, methods, encoded, objective)
     where = plans[methods[0]].placement
     opts = plans[methods[0]].options  # grad_accum settled: the same for every method
-    # The split is done: each child reads exactly the rows written to out/data/.
+    # The split is done: each child reads exactly the rows written to out/data/ (already in the
+    # objective's shape: pairs made KTO rows stay KTO rows).
     child_options = {**options, "eval_split": 0, "eval_data": str(eval_path) if eval_path else None,
-                     "grad_accum": opts.grad_accum}
+                     "grad_accum": opts.grad_accum, "objective": objective}
 
     rows = []
     for i, m in enumerate(methods, 1):
@@ -319,7 +329,9 @@ def compare(
         train_rows=n_train, eval_rows=n_eval, seed=opts.seed, steps=steps, metric_name=_metric_name(metric),
         rows=rows, output_dir=out,
         options={"epochs": opts.epochs, "batch_size": opts.batch_size, "grad_accum": opts.grad_accum,
-                 "lr": opts.lr, "r": opts.r, "alpha": opts.alpha, "max_new_tokens": max_new_tokens},
+                 "lr": opts.lr, "r": opts.r, "alpha": opts.alpha, "max_new_tokens": max_new_tokens,
+                 "beta": plans[methods[0]].beta},
+        objective=objective,
     )
     comparison.save()
     return comparison
@@ -395,7 +407,7 @@ def _prepare_data(data_source: Any, eval_source: Any, opts, out: Path):
     folder.mkdir(parents=True, exist_ok=True)
     train_path = _write_rows(folder / "train.jsonl", rows)
     eval_path = _write_rows(folder / "eval.jsonl", eval_rows) if eval_rows else None
-    return train_path, eval_path, len(rows), len(eval_rows), prepared.train_enc, eval_rows
+    return train_path, eval_path, len(rows), len(eval_rows), prepared.train_enc, eval_rows, prepared.objective
 
 
 def _write_rows(path: Path, rows: list[dict]) -> Path:
@@ -406,7 +418,7 @@ def _write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _plans(opts, methods: list[str], encoded: list[dict]):
+def _plans(opts, methods: list[str], encoded: list[dict], objective: str = "sft"):
     """Each method's :class:`tunekit.plan.Plan` for these rows, with its memory estimate: the
     grad_accum, checkpointing and estimate that method's run will have."""
     from . import models
@@ -415,8 +427,8 @@ def _plans(opts, methods: list[str], encoded: list[dict]):
 
     base = models.resolve_base(opts.base)
     where = placement(opts.device)
-    plans = {m: build(dataclasses.replace(opts, method=m), base.path, encoded, [], where, estimate=True)
-             for m in methods}
+    plans = {m: build(dataclasses.replace(opts, method=m), base.path, encoded, [], where, estimate=True,
+                      objective=objective) for m in methods}
     return base.name, plans
 
 
@@ -461,6 +473,8 @@ def _train_in_child(method: str, train_path: Path, options: dict[str, Any]) -> M
     row.wall_seconds = m.wall_seconds
     row.tokens_per_second = m.tokens_per_second
     row.train_loss = m.train_loss_last
+    row.reward_accuracy = m.reward_accuracy_last
+    row.reward_margin = m.reward_margin_last
     row.steps = m.steps
     log.debug("compare: %s took %.0f s in its process", method, time.perf_counter() - start)
     return row
@@ -498,20 +512,22 @@ def _score(row: MethodResult, eval_rows: list[dict], eval_path: Path | None, met
     from .result import TuneResult
 
     result = TuneResult.from_dir(row.output_dir)
-    row.eval_loss = float(result.evaluate(str(eval_path))["loss"])
+    if all("messages" in r or "text" in r for r in eval_rows):
+        row.eval_loss = float(result.evaluate(str(eval_path))["loss"])
     if metric is not None:
         scores = []
-        items = [r for r in eval_rows if "messages" in r]
+        # A chat is scored against its last reply, a pair against its chosen reply; KTO rows
+        # against the completions labelled good.
+        items = [_prompt_and_reference(r) for r in eval_rows]
+        items = [item for item in items if item is not None]
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(items), desc=f"scoring {row.method}", unit="row", dynamic_ncols=True)
-        for r in items:
-            messages = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            reply = result.chat(messages[:last], max_new_tokens=max_new_tokens)
-            scores.append(float(metric(reply, messages[last]["content"])))
+        for prompt, reference in items:
+            reply = result.chat(prompt, max_new_tokens=max_new_tokens)
+            scores.append(float(metric(reply, reference)))
             if bar is not None:
                 bar.update()
         if bar is not None:
@@ -521,6 +537,22 @@ def _score(row: MethodResult, eval_rows: list[dict], eval_path: Path | None, met
     del result
     gc.collect()
     _empty_cuda_cache()
+
+
+def _prompt_and_reference(row: dict) -> tuple[list[dict], str] | None:
+    """``(prompt messages, the reply to score against)`` of an eval row, or None (no reference)."""
+    def plain(messages):
+        return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+    if "messages" in row:
+        messages = plain(row["messages"])
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return messages[:last], messages[last]["content"]
+    if "chosen" in row:
+        return plain(row["prompt"]), row["chosen"][-1]["content"]
+    if row.get("label") and "completion" in row:
+        return plain(row["prompt"]), row["completion"][-1]["content"]
+    return None
 
 
 def _empty_cuda_cache() -> None:

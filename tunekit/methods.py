@@ -22,6 +22,7 @@ class Method:
         label: short display name (``"LoRA"``), for tables and the Space.
         title: the card's longer name (``"QLoRA (4-bit NF4 base)"``).
         default_lr: learning rate when ``lr`` is not given (the seeds' defaults, DESIGN §2).
+        preference_lr: the same for DPO/KTO (see :data:`PREFERENCE_LR`).
         peft: True when a LoRA adapter is trained over a frozen base (saved as an adapter).
         quantized: True when the frozen base is loaded in 4-bit NF4 (bitsandbytes).
     """
@@ -32,6 +33,11 @@ class Method:
     default_lr: float
     peft: bool
     quantized: bool
+    preference_lr: float = 0.0
+
+    def lr(self, objective: str = "sft") -> float:
+        """The default learning rate for an objective (``"sft"``, ``"dpo"``, ``"kto"``)."""
+        return self.default_lr if objective == "sft" else self.preference_lr
 
     def optimizer(self, *, cuda: bool) -> str:
         """Paged AdamW survives QLoRA's memory spikes on a GPU; paging means nothing on CPU.
@@ -47,13 +53,21 @@ class Method:
         return cuda or self.quantized
 
 
+# Preference tuning (DPO/KTO) moves a model that already answers, so it takes far smaller steps
+# than SFT: TRL's own default is 1e-6 for full weights; LoRA adapters, whose updates the low rank
+# scales down, are commonly trained at 5e-6-5e-5. Not yet tuned by measurement here: the CPU was
+# saturated by other work when this landed (docs/preferences.md says what was and was not measured).
+PREFERENCE_LR = {"full": 5e-7, "lora": 5e-5, "qlora": 5e-5}
+
 # Seeds' defaults (DESIGN §2): LoRA/QLoRA learn fast at 2e-4; full fine-tuning needs ~10x less.
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("full", "full fine-tune", "full fine-tuning", 2e-5, peft=False, quantized=False),
-        Method("lora", "LoRA", "LoRA", 2e-4, peft=True, quantized=False),
-        Method("qlora", "QLoRA", "QLoRA (4-bit NF4 base)", 2e-4, peft=True, quantized=True),
+        Method("full", "full fine-tune", "full fine-tuning", 2e-5, peft=False, quantized=False,
+               preference_lr=PREFERENCE_LR["full"]),
+        Method("lora", "LoRA", "LoRA", 2e-4, peft=True, quantized=False, preference_lr=PREFERENCE_LR["lora"]),
+        Method("qlora", "QLoRA", "QLoRA (4-bit NF4 base)", 2e-4, peft=True, quantized=True,
+               preference_lr=PREFERENCE_LR["qlora"]),
     )
 }
 METHODS: tuple[str, ...] = tuple(REGISTRY)

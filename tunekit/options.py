@@ -26,6 +26,12 @@ class Options:
     method: str = _opt("auto", "auto | full | lora | qlora; auto: lora when it fits free memory, qlora when only "
                        f"that fits, full for {FULL_MIN_EXAMPLES:,}+ examples when it fits (see tunekit estimate)",
                        choices=("auto", *METHODS))
+    objective: str | None = _opt(None, "sft | dpo | kto; default: from the data's shape (chats: sft, chosen/rejected "
+                                       "pairs: dpo, completions with a true/false label: kto); sft on pairs trains on "
+                                       "the chosen replies, kto on pairs uses chosen as good and rejected as bad",
+                                 choices=("sft", "dpo", "kto"))
+    beta: float | None = _opt(None, "dpo/kto: how far the tuned model may move from the reference (TRL's beta; "
+                                    "lower moves further); default 0.1")
     template: str | None = _opt(None, "chat template name, .jinja path or Jinja text; default: the base's own family")
     train_on: str = _opt("assistant", "assistant: train only on assistant turns (weight 1); all: every token",
                          choices=("assistant", "all"))
@@ -34,7 +40,7 @@ class Options:
     output_dir: str | None = _opt(None, "where the adapter/model, card and metrics go; default: runs/<base>-<method>-<time>")
     resume: bool = _opt(False, "continue an interrupted run in output_dir from its last checkpoint")
     epochs: float = _opt(2.0, "passes over the training data (1-3 is typical)")
-    lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full")
+    lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full (dpo/kto: 5e-5 and 5e-7)")
     batch_size: int = _opt(4, "examples per device step")
     grad_accum: int | None = _opt(None, "steps whose gradients are summed before an update (effective batch = batch_size x "
                                         "grad_accum); default: 4, lowered to 2 or 1 so a small data set still gets ~100 updates")
@@ -53,7 +59,7 @@ class Options:
     device: str | None = _opt(None, "cpu or cuda; default: cuda when available")
     gradient_checkpointing: bool | None = _opt(None, "recompute activations to save memory; default: on for CUDA and for qlora, off otherwise on CPU")
     trust_remote_code: bool = _opt(False, "run model code shipped with the base repo")
-    training_args: dict | None = _opt(None, "extra trl.SFTConfig arguments, applied last", cli=False)
+    training_args: dict | None = _opt(None, "extra trl.SFTConfig (DPOConfig, KTOConfig) arguments, applied last", cli=False)
     push_to: str | None = _opt(None, "Hub repo id to push the result to when training ends")
     private: bool = _opt(False, "make the pushed repo private")
     push_space: str | None = _opt(None, "Hub Space id (user/name-demo) to publish a Gradio demo to; needs push_to")
@@ -79,7 +85,7 @@ class Options:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
-            if choices and value not in choices:
+            if choices and value not in choices and not (value is None and f.default is None):
                 problems.append(f"{f.name}={value!r} is not one of {', '.join(choices)}")
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "max_length": self.max_length,
                     "r": self.r, "alpha": self.alpha}
@@ -88,6 +94,11 @@ class Options:
         for name, value in positive.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 problems.append(f"{name} must be a positive number, got {value!r}")
+        if self.beta is not None and (isinstance(self.beta, bool) or not isinstance(self.beta, (int, float))
+                                      or self.beta <= 0):
+            problems.append(f"beta must be a positive number, got {self.beta!r}")
+        if self.beta is not None and self.objective == "sft":
+            problems.append("beta applies to objective='dpo' or 'kto', not 'sft'")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             problems.append(f"lr must be between 0 and 1, got {self.lr!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
@@ -107,7 +118,7 @@ class Options:
         if self.push_space and not self.push_to:
             problems.append("push_space needs push_to: the Space loads the adapter from the Hub")
         if self.training_args is not None:
-            problems += _check_training_args(self.training_args)
+            problems += _check_training_args(self.training_args, self.objective)
         if problems:
             raise ConfigError(problems)
 
@@ -117,13 +128,17 @@ class Options:
         return [m.strip() for m in self.target_modules.split(",") if m.strip()]
 
 
-def _check_training_args(extra: Any) -> list[str]:
+def _check_training_args(extra: Any, objective: str | None = None) -> list[str]:
     if not isinstance(extra, dict):
         return [f"training_args must be a dict of trl.SFTConfig arguments, got {type(extra).__name__}"]
-    from trl import SFTConfig
+    from trl import DPOConfig, KTOConfig, SFTConfig
 
-    known = [f.name for f in dataclasses.fields(SFTConfig)]
-    return [f"training_args: {key!r} is not a trl.SFTConfig argument{_suggest(key, known)}"
+    # The trainer's config class: SFT, DPO or KTO; any of them while the data decides.
+    classes = {"sft": [SFTConfig], "dpo": [DPOConfig], "kto": [KTOConfig]}.get(objective, [SFTConfig, DPOConfig,
+                                                                                              KTOConfig])
+    names = " / ".join(f"trl.{c.__name__}" for c in classes)
+    known = sorted({f.name for c in classes for f in dataclasses.fields(c)})
+    return [f"training_args: {key!r} is not a {names} argument{_suggest(key, known)}"
             for key in extra if key not in known]
 
 

@@ -38,6 +38,9 @@ MAX_EVALS = 5
 # (benchmarks/micro_batches.py): beyond ~1k tokens there is nothing more to gain.
 TOKENS_PER_FORWARD = 1024
 
+# DPO/KTO's beta when not given: TRL's default (the DPO paper's 0.1).
+DEFAULT_BETA = 0.1
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -65,6 +68,8 @@ class Plan:
         loss: ``"trained"`` (tunekit's loss at trained positions) or ``"trl"`` (TRL's fused,
             chunked LM head: ``SFTTrainer.compute_loss``); ``loss_reason``.
         liger: whether Liger's Triton kernels (RMSNorm, SwiGLU) are applied; ``liger_reason``.
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"`` (the data's shape, or ``objective=``);
+            ``objective_reason``. ``beta``: DPO/KTO's beta (None for SFT).
         train_rows / eval_rows: encoded rows; ``train_tokens``: tokens per epoch;
             ``longest_row``: the longest row in tokens.
         updates: optimizer updates the run will make (before early stopping).
@@ -104,6 +109,9 @@ class Plan:
     loss_reason: str = ""
     liger: bool = False
     liger_reason: str = ""
+    objective: str = "sft"
+    objective_reason: str = ""
+    beta: float | None = None
 
     @property
     def trainer_fast_paths(self) -> dict[str, Any]:
@@ -138,6 +146,11 @@ class Plan:
         rows = [
             ("data", f"{self.train_rows} train / {self.eval_rows} eval rows",
              f"{self.train_tokens:,} tokens per epoch, longest row {self.longest_row}"),
+            ("objective", self.objective, self.objective_reason),
+        ]
+        if self.beta is not None:
+            rows.append(("beta", f"{self.beta:g}", "given" if o.beta is not None else "default"))
+        rows += [
             ("method", self.method, self.method_reason),
             ("learning rate", f"{self.lr:g}", self.lr_reason),
             ("batch", f"{o.batch_size} x {self.grad_accum} grad_accum", self.grad_accum_reason),
@@ -169,7 +182,7 @@ class Plan:
 
 
 def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[dict], where: Placement,
-          *, estimate: bool = False) -> Plan:
+          *, estimate: bool = False, objective: str = "sft", objective_reason: str = "") -> Plan:
     """Settle every default of a run from its options and encoded rows, loading no weights.
 
     Args:
@@ -178,6 +191,7 @@ def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[
         train_enc / eval_enc: rows from :func:`tunekit.templates.encode_all`.
         where: device and dtype, from :func:`tunekit.placement.placement`.
         estimate: also estimate the memory of a given method (``method="auto"`` always has one).
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"``; ``objective_reason`` says why.
 
     Returns:
         The :class:`Plan`.
@@ -191,7 +205,7 @@ def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[
     if opts.method == "auto":
         # Decided from the base's config before any weights load: a run that cannot fit fails
         # in seconds with the breakdown, not minutes later with an out-of-memory error.
-        choice, est = _auto(opts, base_path, train_enc, where)
+        choice, est = _auto(opts, base_path, train_enc, where, objective)
         opts = dataclasses.replace(opts, method=choice["method"], gradient_checkpointing=choice["gradient_checkpointing"])
         method_why = f"auto: {choice['reason']}"
     else:
@@ -205,28 +219,50 @@ def build(opts: Options, base_path: Path, train_enc: list[dict], eval_enc: list[
     else:
         ckpt_why = "given"
     if estimate and est is None:
-        est = memory_estimate(opts, base_path, train_enc, where, gradient_checkpointing=checkpointing)
-    rows, forward_est = rows_per_forward(opts, base_path, train_enc, where)
+        est = memory_estimate(opts, base_path, train_enc, where, gradient_checkpointing=checkpointing,
+                              objective=objective)
+    rows, forward_est = rows_per_forward(opts, base_path, train_enc, where, objective)
     rows_why = (f"{rows // opts.batch_size} micro-batches of {opts.batch_size} in one forward (~{TOKENS_PER_FORWARD} "
                 "tokens fit; the same update)" if rows != opts.batch_size else "batch_size")
     updates = max(1, math.ceil(math.ceil(len(train_enc) / (opts.batch_size * grad_accum)) * opts.epochs))
     eval_steps, eval_why = decide_eval_steps(opts, updates, train_enc, eval_enc)
-    lengths = [len(r["input_ids"]) for r in train_enc]
+    lengths = sequence_lengths(train_enc)
     fastpath = config.fastpath() if opts.fastpath is None else bool(opts.fastpath)
     paths = decide_fast_paths(where, fastpath=fastpath)
+    if objective != "sft" and fastpath:
+        # TRL's preference trainers pad each batch and compute their own loss (its fused LM head
+        # scores only the replies' positions); the fused LoRA forward still applies.
+        paths = {**paths, "attention": "sdpa", "attention_reason": f"TRL's {objective} batches are padded",
+                 "loss": "trl", "loss_reason": f"TRL's {objective} loss; its LM head scores the replies only"}
     return Plan(
         options=opts, method=method.name, method_reason=method_why, method_choice=choice,
         grad_accum=grad_accum, grad_accum_reason=accum_why,
         rows_per_forward=rows, rows_per_forward_reason=rows_why,
         gradient_checkpointing=checkpointing, gradient_checkpointing_reason=ckpt_why,
         eval_steps=eval_steps, eval_steps_reason=eval_why,
-        lr=opts.lr or method.default_lr, lr_reason="given" if opts.lr else f"{method.label}'s default",
+        lr=opts.lr or method.lr(objective),
+        lr_reason="given" if opts.lr else f"{method.label}'s default" + ("" if objective == "sft" else f" for {objective}"),
         optimizer=method.optimizer(cuda=where.is_cuda), placement=where,
         fastpath=fastpath,
         train_rows=len(train_enc), eval_rows=len(eval_enc), train_tokens=sum(lengths),
         longest_row=max(lengths, default=0), updates=updates, estimate=est, forward_estimate=forward_est,
+        objective=objective, objective_reason=objective_reason or "given",
+        beta=None if objective == "sft" else (opts.beta or DEFAULT_BETA),
         **paths,
     )
+
+
+def sequence_lengths(encoded: list[dict]) -> list[int]:
+    """Tokens of every sequence the rows put through the model per epoch: one per chat, two per
+    DPO pair (prompt + chosen, prompt + rejected), one per KTO completion."""
+    from .templates.pairs import sequence_lengths as lengths_of
+
+    return [n for row in encoded for n in lengths_of(row)]
+
+
+# Sequences a row puts through the model in one forward (DPO: chosen and rejected; KTO: the
+# completion and its mismatched KL completion), for the memory estimate's batch.
+SEQUENCES_PER_ROW = {"sft": 1, "dpo": 2, "kto": 2}
 
 
 def decide_fast_paths(where: Placement, *, fastpath: bool, capability: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -323,12 +359,13 @@ def auto_method(opts: Options, base_path: Path, train_enc: list[dict], where: Pl
     return _auto(opts, base_path, train_enc, where)[0]
 
 
-def _auto(opts: Options, base_path: Path, train_enc: list[dict], where: Placement) -> tuple[dict[str, Any], Any]:
+def _auto(opts: Options, base_path: Path, train_enc: list[dict], where: Placement,
+          objective: str = "sft") -> tuple[dict[str, Any], Any]:
     # The choice and the chosen method's estimate (None when the architecture has none).
     from .errors import ModelError
     from .estimate import choose_method, free_memory
 
-    lengths = [len(r["input_ids"]) for r in train_enc]
+    lengths = sequence_lengths(train_enc)
     try:
         method, reason, ests = choose_method(
             str(base_path), n_examples=len(train_enc), device=where.device, dtype=str(where.dtype),
@@ -338,6 +375,7 @@ def _auto(opts: Options, base_path: Path, train_enc: list[dict], where: Placemen
             grad_accum=with_grad_accum(opts, len(train_enc)).grad_accum,
             target_modules=opts.target_module_list(), dropout=opts.dropout,
             gradient_checkpointing=opts.gradient_checkpointing, tokens_per_epoch=sum(lengths),
+            objective=objective,
         )
     except ModelError as e:
         # An architecture the estimator cannot build from its config (custom model code): LoRA,
@@ -361,13 +399,13 @@ def _auto(opts: Options, base_path: Path, train_enc: list[dict], where: Placemen
 
 
 def memory_estimate(opts: Options, base_path: Path, train_enc: list[dict], where: Placement, *,
-                    gradient_checkpointing: bool):
+                    gradient_checkpointing: bool, objective: str = "sft"):
     """:func:`tunekit.estimate.estimate` of ``opts.method`` at the user's micro-batches and the
     longest row; None (logged) for an architecture the estimator cannot count."""
     from .errors import ConfigError, ModelError
     from .estimate import estimate
 
-    lengths = [len(r["input_ids"]) for r in train_enc]
+    lengths = sequence_lengths(train_enc)
     try:
         return estimate(
             str(base_path), opts.method, device=where.device, dtype=str(where.dtype),
@@ -375,6 +413,7 @@ def memory_estimate(opts: Options, base_path: Path, train_enc: list[dict], where
             max_length=max(lengths), batch_size=opts.batch_size, grad_accum=opts.grad_accum, r=opts.r,
             target_modules=opts.target_module_list(), dropout=opts.dropout,
             gradient_checkpointing=gradient_checkpointing, tokens_per_epoch=sum(lengths),
+            objective=objective,
         )
     except (ModelError, ConfigError) as e:
         log.warning("no memory estimate for %s: %s", opts.method, e)
@@ -385,16 +424,17 @@ def default_eval_steps(total_updates: int, train_enc: list[dict], eval_enc: list
     """About five evaluations (and checkpoints) per run, fewer when the eval set is large next to
     the training set: with 200 rows x 2 epochs and 40 eval rows, five evaluations plus the one on
     start would cost a fifth of the run; the budget allows the start and two more."""
-    eval_tokens = sum(len(r["input_ids"]) for r in eval_enc)
+    eval_tokens = sum(sequence_lengths(eval_enc))
     if not eval_tokens:
         return max(1, round(total_updates / MAX_EVALS))
-    train_cost = 3 * epochs * sum(len(r["input_ids"]) for r in train_enc)
+    train_cost = 3 * epochs * sum(sequence_lengths(train_enc))
     affordable = math.floor(EVAL_BUDGET * train_cost / eval_tokens) - 1  # the first is the one on start
     evals = min(MAX_EVALS, max(1, affordable))
     return max(1, math.ceil(total_updates / evals))
 
 
-def rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], where: Placement) -> tuple[int, Any]:
+def rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], where: Placement,
+                     objective: str = "sft") -> tuple[int, Any]:
     """``(rows per forward pass, estimate)``: ``batch_size``, or on CPU more of an update's
     ``batch_size x grad_accum`` rows at once (up to about :data:`TOKENS_PER_FORWARD` tokens) when
     the memory estimate says they fit, with that estimate (None for ``batch_size``).
@@ -402,11 +442,12 @@ def rows_per_forward(opts: Options, base_path: Path, train_enc: list[dict], wher
     The update is the same (the same rows, the loss summed over them and divided by their trained
     tokens, as accumulation does); only the matmuls are larger, which this CPU runs faster per
     token. Not with gradient checkpointing (memory mode: activations are what it saves) nor on
-    CUDA (not measured there).
+    CUDA (not measured there), nor for DPO/KTO (TRL's preference trainers pad each batch, so
+    larger forwards pad more).
     """
     from .estimate import estimate, fits, free_memory
 
-    if opts.grad_accum == 1 or where.is_cuda or default_checkpointing(opts, where):
+    if opts.grad_accum == 1 or where.is_cuda or default_checkpointing(opts, where) or objective != "sft":
         return opts.batch_size, None
     update = opts.batch_size * opts.grad_accum
     lengths = [len(r["input_ids"]) for r in train_enc]

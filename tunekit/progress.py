@@ -5,9 +5,16 @@ from __future__ import annotations
 from transformers import TrainerCallback
 
 
+# The logged values the bar shows, and their labels: the losses, and for DPO/KTO (TRL's names)
+# how often the chosen reply out-scores the rejected one and by how much, on the eval split.
+LOGGED = (("loss", "loss"), ("eval_loss", "eval"), ("eval_rewards/accuracies", "reward acc"),
+          ("eval_rewards/margins", "margin"))
+
+
 class ProgressBar(TrainerCallback):
     """Replaces the Trainer's own bar (disabled with ``disable_tqdm``) so the latest train and
-    eval losses stay visible instead of scrolling past as dict dumps."""
+    eval losses (DPO/KTO: reward accuracy and margin too) stay visible instead of scrolling past
+    as dict dumps."""
 
     def __init__(self):
         self.bar = None
@@ -27,7 +34,7 @@ class ProgressBar(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.bar is None or not logs:
             return
-        for key, label in (("loss", "loss"), ("eval_loss", "eval")):
+        for key, label in LOGGED:
             if key in logs:
                 self.postfix[label] = f"{logs[key]:.3f}"
         self.bar.set_postfix(self.postfix, refresh=True)

@@ -169,11 +169,20 @@ class _Record(Mapping):
 
 @dataclass(frozen=True, eq=False)
 class TemplateInfo(_Record):
-    """The chat template a run was trained with."""
+    """The chat template a run was trained with.
+
+    Attributes:
+        name: a shipped template's name, ``"base"`` (the model's own) or ``"custom"``.
+        sha256: digest of the template's text.
+        eos: the end-of-turn token generation stops at.
+        tools: the template's tool-call format (``"hermes"``, ``"llama-3.1"``, ``"mistral"``,
+            ``"template"``; :func:`tunekit.templates.tools.tool_style`), None without one.
+    """
 
     name: str | None = None
     sha256: str | None = None
     eos: str | None = None
+    tools: str | None = field(default=None, metadata={"omit_none": True})  # 0.1.0 runs have none
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
@@ -210,7 +219,10 @@ class RunInfo(_Record):
         base: the base as the user named it (Hub id or folder).
         method: ``"full"``, ``"lora"`` or ``"qlora"``.
         adapter: True when the folder holds a PEFT adapter, False for full weights.
-        objective: what the run optimised (``"sft"``).
+        objective: what the run optimised: ``"sft"`` (demonstrations), ``"dpo"`` (preference
+            pairs) or ``"kto"`` (completions labelled good or bad).
+        preference: for DPO/KTO, ``beta`` and how the reference was scored (``reference``:
+            ``"base (adapter off)"``, ``"the starting adapter"`` or ``"a frozen copy"``); None for SFT.
         tunekit_version: the version that trained it.
         base_path: the local folder of a base given as a folder (None for Hub ids).
         embedded_base: trained on tunekit's embedded SmolLM2 copy.
@@ -229,6 +241,7 @@ class RunInfo(_Record):
     method: str
     adapter: bool
     objective: str = "sft"
+    preference: dict[str, Any] | None = field(default=None, metadata={"omit_none": True})
     tunekit_version: str | None = None
     base_path: str | None = None
     embedded_base: bool = False
@@ -321,6 +334,11 @@ class Metrics(_Record):
         trainable_params / total_params: parameter counts (4-bit weights at logical size).
         rows_per_forward: rows per forward pass (CPU may merge micro-batches).
         estimated_peak_memory_bytes: with ``method="auto"``, the estimate the choice used.
+        reward_accuracy_first / _last, reward_margin_first / _last, logps_chosen_first / _last,
+        logps_rejected_first / _last: DPO/KTO on the eval split, before training (evaluated on
+            start) and after: how often the chosen reply out-scores the rejected one, by how much
+            (beta-scaled log-ratio to the reference), and the mean log-probabilities of each
+            side. None (and left out of the file) for SFT.
     """
 
     train_loss_first: float | None = None
@@ -347,6 +365,14 @@ class Metrics(_Record):
     total_params: int | None = None
     rows_per_forward: int | None = None
     estimated_peak_memory_bytes: int | None = field(default=None, metadata={"omit_none": True})
+    reward_accuracy_first: float | None = field(default=None, metadata={"omit_none": True})
+    reward_accuracy_last: float | None = field(default=None, metadata={"omit_none": True})
+    reward_margin_first: float | None = field(default=None, metadata={"omit_none": True})
+    reward_margin_last: float | None = field(default=None, metadata={"omit_none": True})
+    logps_chosen_first: float | None = field(default=None, metadata={"omit_none": True})
+    logps_chosen_last: float | None = field(default=None, metadata={"omit_none": True})
+    logps_rejected_first: float | None = field(default=None, metadata={"omit_none": True})
+    logps_rejected_last: float | None = field(default=None, metadata={"omit_none": True})
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def published(self) -> "Metrics":

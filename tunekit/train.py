@@ -7,6 +7,7 @@ default is settled once, before any weights load, in a :class:`tunekit.plan.Plan
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 from . import card, checkpoints, data as data_module, methods, models, templates
 from .plan import Plan, build as build_plan
-from .errors import TrainingError
+from .errors import ConfigError, DataError, TrainingError
 from .folders import check_new, check_resumable, fresh_dir, make_dir, run_name
 from .options import Options, renamed
 from .placement import placement
@@ -60,13 +61,12 @@ def finetune(data: Any = None, **options: Any):
     opts = Options.from_kwargs(options)
     with quiet_libraries():
         prepared = prepare_data(data, opts)
-        run_plan = build_plan(opts, prepared.base.path, prepared.train_enc, prepared.eval_enc,
-                                  placement(opts.device))
+        run_plan = plan_run(prepared, opts)
         # After the plan, so the default folder name says which method runs.
         out = output_dir(run_plan.options)
         model, peft_config = build_model(prepared, run_plan)
         trainer = build_trainer(model, peft_config, prepared, run_plan, out)
-        return train_and_save(trainer, prepared, run_plan, out, adapter=peft_config is not None)
+        return train_and_save(trainer, prepared, run_plan, out, adapter=methods.get(run_plan.method).peft)
 
 
 def plan(data: Any = None, **options: Any) -> Plan:
@@ -94,8 +94,25 @@ def plan(data: Any = None, **options: Any) -> Plan:
     opts = Options.from_kwargs(options)
     with quiet_libraries():
         prepared = prepare_data(data, opts)
-        return build_plan(opts, prepared.base.path, prepared.train_enc, prepared.eval_enc,
-                              placement(opts.device), estimate=True)
+        return plan_run(prepared, opts, estimate=True)
+
+
+def plan_run(prepared: "PreparedData", opts: Options, *, estimate: bool = False) -> Plan:
+    """The :class:`~tunekit.plan.Plan` of prepared data: the objective the data decided, and a
+    run that continues an adapter (``base=`` an SFT run) trains that adapter's method.
+
+    Raises:
+        ConfigError: ``method`` contradicts the adapter being continued.
+        ResourceError: ``method="auto"`` and no method fits.
+    """
+    if prepared.start is not None:
+        started = prepared.start.method
+        if opts.method not in ("auto", started):
+            raise ConfigError(f"base={opts.base!r} is a {started} adapter: training continues it, so "
+                              f"method={opts.method!r} cannot apply. Pass method={started!r} (or leave it out).")
+        opts = dataclasses.replace(opts, method=started)
+    return build_plan(opts, prepared.base.path, prepared.train_enc, prepared.eval_enc, placement(opts.device),
+                      estimate=estimate, objective=prepared.objective, objective_reason=prepared.objective_reason)
 
 
 def _data_argument(data: Any, options: dict[str, Any], *, where: str) -> tuple[Any, dict[str, Any]]:
@@ -108,11 +125,18 @@ def _data_argument(data: Any, options: dict[str, Any], *, where: str) -> tuple[A
     return data, options
 
 
-def prepare_tokenizer(base_name: str | None, template_name: str | None):
+def prepare_tokenizer(base_name: str | None, template_name: str | None, start: "StartAdapter | None" = None):
     """Resolve the base and its tokenizer with the chat template set. Returns the base, the
-    tokenizer, the template and the template tokens that had to be added to the vocabulary."""
-    base = models.resolve_base(base_name)
-    tokenizer = models.load_tokenizer(base.path)
+    tokenizer, the template and the template tokens that had to be added to the vocabulary.
+    ``start``: an adapter training continues; its base and its own tokenizer are used."""
+    if start is not None:
+        from .adapters import adapter_tokenizer
+
+        base = start.base
+        tokenizer = adapter_tokenizer(start.folder, base)
+    else:
+        base = models.resolve_base(base_name)
+        tokenizer = models.load_tokenizer(base.path)
     template = templates.resolve_template(tokenizer, template_name)
     missing = templates.apply_template(tokenizer, template)
     if missing:
@@ -158,7 +182,10 @@ class PreparedData:
         report: what reading the training data found (with ``on_bad_rows="skip"``, what was
             dropped at any stage); ``eval_report``: the same for a separate ``eval_data``.
         train_rows / eval_rows: the usable normalised rows after the split.
-        train_enc / eval_enc: their encodings (``input_ids``, ``labels``).
+        train_enc / eval_enc: their encodings (``input_ids``, ``labels``; DPO/KTO: the token
+            columns of :mod:`tunekit.templates.pairs`).
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"``; ``objective_reason`` says how it was decided.
+        start: the adapter training continues (``base=`` an SFT run or a Hub adapter), or None.
     """
 
     base: Any
@@ -171,6 +198,9 @@ class PreparedData:
     train_enc: list[dict]
     eval_enc: list[dict]
     eval_report: Any = None
+    objective: str = "sft"
+    objective_reason: str = ""
+    start: "StartAdapter | None" = None
 
     @property
     def skipped_rows(self) -> int:
@@ -188,20 +218,43 @@ def prepare_data(data: Any, opts: Options) -> PreparedData:
         TrainingError: no training row is left.
     """
     train_rows, report = data_module.read_rows(data)
-    reports, eval_report = [report], None
+    eval_rows, eval_report = [], None
     if opts.eval_data is not None:
         eval_rows, eval_report = data_module.read_rows(opts.eval_data)
-        reports.append(eval_report)
+    return prepare_rows(train_rows, report, opts, eval_rows=eval_rows, eval_report=eval_report)
+
+
+def prepare_rows(train_rows: list[dict], report: Any, opts: Options, *, eval_rows: list[dict] | None = None,
+                 eval_report: Any = None) -> PreparedData:
+    """:func:`prepare_data` for rows already read (``tunekit.data.read_rows``): decide the
+    objective, split, encode, and report every bad row at once.
+
+    Raises:
+        DataError / ConfigError / TrainingError: as :func:`prepare_data`.
+    """
+    eval_rows = eval_rows or []
+    reports = [report] + ([eval_report] if eval_report is not None else [])
     if not train_rows or (eval_report is not None and not eval_rows):
         data_module.settle(reports, opts.on_bad_rows)  # nothing to tokenise: report what there is
+    objective, objective_why = decide_objective(opts, train_rows, report)
+    log.info("objective: %s (%s)", objective, objective_why)
     if eval_report is None:
         train_rows, eval_rows = data_module.split_examples(train_rows, opts.eval_split, seed=opts.seed)
-    base, tokenizer, template, missing = prepare_tokenizer(opts.base, opts.template)
-    kw = dict(train_on=opts.train_on, max_length=opts.max_length)
-    train_enc, train_problems = templates.encode_rows(train_rows, tokenizer, **kw, source=report.source,
-                                                      unit=report.unit)
+    train_rows = as_objective(train_rows, objective, source=report.source)
+    eval_rows = as_objective(eval_rows, objective, source=(eval_report or report).source)
+    start = starting_adapter(opts.base)
+    base, tokenizer, template, missing = prepare_tokenizer(opts.base, opts.template, start)
     held = eval_report or report
-    eval_enc, eval_problems = templates.encode_rows(eval_rows, tokenizer, **kw, source=held.source, unit=held.unit)
+    if objective == "sft":
+        kw = dict(train_on=opts.train_on, max_length=opts.max_length)
+        encode = templates.encode_rows
+    else:
+        from .templates.pairs import encode_preference_rows
+
+        kw = dict(max_length=opts.max_length)
+        encode = encode_preference_rows
+    train_enc, train_problems = encode(train_rows, tokenizer, **kw, source=report.source, unit=report.unit)
+    eval_enc, eval_problems = encode(eval_rows, tokenizer, **kw, source=held.source, unit=held.unit)
     report.add(train_problems)
     held.add(eval_problems)
     data_module.settle(reports, opts.on_bad_rows)
@@ -210,7 +263,112 @@ def prepare_data(data: Any, opts: Options) -> PreparedData:
     if not train_enc:
         raise TrainingError("no training rows are left after validation; nothing to train on")
     return PreparedData(base, tokenizer, template, missing, report, train_rows, eval_rows, train_enc, eval_enc,
-                        eval_report)
+                        eval_report, objective=objective, objective_reason=objective_why, start=start)
+
+
+def decide_objective(opts: Options, rows: list[dict], report: Any) -> tuple[str, str]:
+    """``(objective, why)``: ``objective=`` when given and the rows can train it, else the data's
+    own (:attr:`tunekit.data.DataReport.objective`, from the rows' shape).
+
+    Raises:
+        ConfigError: the objective asks for what the rows do not have (pairs from chats, or
+            pairs from unpaired completions).
+    """
+    found = report.objective
+    shape = {"sft": "chats", "dpo": "preference pairs", "kto": "labelled completions"}[found]
+    if opts.objective is None or opts.objective == found:
+        return found, f"from the data: {shape}" if opts.objective is None else "given; the data's own"
+    possible = {"sft": ("sft",), "dpo": ("dpo", "kto", "sft"), "kto": ("kto", "sft")}[found]
+    if opts.objective not in possible:
+        need = {"dpo": "pairs (prompt, chosen, rejected)", "kto": "replies labelled good or bad (or pairs)"}
+        raise ConfigError(f"objective={opts.objective!r} needs {need[opts.objective]}, but {report.source} holds "
+                          f"{shape}. Leave objective out to train {found}, or bring {need[opts.objective]}.")
+    how = {("dpo", "kto"): "chosen replies as good, rejected as bad",
+           ("dpo", "sft"): "on the chosen replies", ("kto", "sft"): "on the replies labelled good"}
+    return opts.objective, f"given: {how[(found, opts.objective)]} of the {shape}"
+
+
+def as_objective(rows: list[dict], objective: str, *, source: str | None = None) -> list[dict]:
+    """Rows reshaped for ``objective``: pairs → KTO rows (chosen good, rejected bad) or chats
+    (prompt + chosen); KTO rows → chats (the good ones). Rows already in shape are unchanged."""
+    out: list[dict] = []
+    for row in rows:
+        shape = data_module.objective_of(row)
+        if shape == objective:
+            out.append(row)
+            continue
+        keep = {k: row[k] for k in ("row", "file", "tools") if k in row}
+        if shape == "dpo" and objective == "kto":
+            out.append({**keep, "prompt": row["prompt"], "completion": row["chosen"], "label": True})
+            out.append({**keep, "prompt": row["prompt"], "completion": row["rejected"], "label": False})
+        elif shape in ("dpo", "kto") and objective == "sft":
+            if shape == "kto" and not row["label"]:
+                continue
+            reply = row["chosen"] if shape == "dpo" else row["completion"]
+            out.append({**keep, "messages": list(row["prompt"]) + list(reply)})
+        else:
+            raise DataError(f"{row.get('file') or source or 'data'}, row {row.get('row')}: a {shape} row among "
+                            f"{objective} rows; one data set holds one objective.", path=row.get("file") or source,
+                            row=row.get("row"))
+    return out
+
+
+@dataclass(frozen=True)
+class StartAdapter:
+    """An adapter a run continues (``base=`` a LoRA/QLoRA run folder or Hub adapter repo).
+
+    Attributes:
+        folder: the adapter's local folder; ``name``: as the user gave it.
+        method: ``"lora"`` or ``"qlora"`` (the adapter's own).
+        base: its resolved base.
+    """
+
+    folder: Path
+    name: str
+    method: str
+    base: Any
+
+
+def starting_adapter(name: str | None) -> StartAdapter | None:
+    """The adapter ``base=`` names, or None when it names a base model.
+
+    A local folder holding ``adapter_config.json`` is one; a Hub id is one when its repo has that
+    file (a Hub that cannot be asked means a base model, as before).
+
+    Raises:
+        ModelError / HubError: the adapter or its base cannot be found.
+    """
+    if name is None:
+        return None
+    from .hubid import looks_like_path
+    from .record import describe_folder
+
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "adapter_config.json").exists():
+            return None
+        folder = local
+    elif looks_like_path(name) or not _hub_has_adapter(name):
+        return None
+    else:
+        from . import hub
+
+        folder, _ = hub.local_folder(name)
+    run, _ = describe_folder(folder)
+    if run.method == "full" or not run.adapter:
+        return None
+    base_name = run.base_path or run.base
+    base = models.resolve_base(None if run.embedded_base else base_name)
+    return StartAdapter(folder=folder, name=name, method=run.method, base=base)
+
+
+def _hub_has_adapter(repo_id: str) -> bool:
+    from huggingface_hub import file_exists
+
+    try:
+        return bool(file_exists(repo_id, "adapter_config.json"))
+    except Exception:  # noqa: BLE001 - offline, a private repo, an odd id: treat it as a base, as before
+        return False
 
 
 def _usable(rows: list[dict], encoded: list[dict | None]) -> tuple[list[dict], list[dict]]:
@@ -242,11 +400,14 @@ def output_dir(opts: Options) -> Path:
 # -- stage 3: model --------------------------------------------------------------------------------
 def build_model(prepared: PreparedData, run_plan: Plan):
     """Load the base as the plan says (4-bit for QLoRA), grow its vocabulary by the template's
-    missing tokens, and make the LoRA config. Returns ``(model, peft_config or None)``."""
+    missing tokens, and make the LoRA config. Returns ``(model, peft_config or None)``; a run
+    that continues an adapter returns the PEFT model with that adapter trainable and no config."""
     opts, where = run_plan.options, run_plan.placement
     method = methods.get(run_plan.method)
     model = models.load_model(prepared.base.path, where=where, quantize_4bit=method.quantized,
                               trust_remote_code=opts.trust_remote_code)
+    if prepared.start is not None:
+        return _continued_adapter(model, prepared, run_plan), None
     new_token_ids = []
     if prepared.missing:
         model.resize_token_embeddings(len(prepared.tokenizer))
@@ -266,25 +427,41 @@ def build_model(prepared: PreparedData, run_plan: Plan):
     return model, peft_config
 
 
+def _continued_adapter(model, prepared: PreparedData, run_plan: Plan):
+    """The base with the starting adapter loaded trainable (TRL's preference trainers then keep
+    a frozen copy of it as the reference)."""
+    from peft import PeftModel
+
+    from .adapters import check_fits, fit_embeddings, misfit
+
+    start = prepared.start
+    if not run_plan.placement.is_cuda:
+        models.tune_cpu_runtime()
+    fit_embeddings(model, prepared.tokenizer)
+    check_fits(models.linear_shapes(model), start.folder, adapter=start.name, base=start.base.name)
+    if methods.get(run_plan.method).quantized:
+        model = methods.prepare_for_kbit(model, gradient_checkpointing=run_plan.gradient_checkpointing)
+    try:
+        return PeftModel.from_pretrained(model, str(start.folder), is_trainable=True)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise misfit(start.name, start.base.name, f"shapes or module names differ ({e})") from e
+
+
 # -- stage 4: trainer ------------------------------------------------------------------------------
 def build_trainer(model, peft_config, prepared: PreparedData, run_plan: Plan, out: Path):
-    """The :class:`tunekit.trainer.Trainer` for the plan, with its callbacks and datasets."""
+    """The :class:`tunekit.trainer.Trainer` for the plan (DPO/KTO: :mod:`tunekit.preference`'s),
+    with its callbacks and datasets."""
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback
     from trl import SFTConfig
 
     from .trainer import Trainer
 
     opts = run_plan.options
     has_eval = len(prepared.eval_enc) > 0
+    callbacks = _callbacks(opts, has_eval)
+    if run_plan.objective != "sft":
+        return build_preference_trainer(model, peft_config, prepared, run_plan, out, callbacks)
     config = SFTConfig(**{**sft_arguments(run_plan, out, has_eval=has_eval), **(opts.training_args or {})})
-    callbacks = []
-    if has_eval and opts.early_stopping:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping))
-    if opts.progress:
-        from .progress import ProgressBar
-
-        callbacks.append(ProgressBar())
     columns = ("input_ids", "labels")
     train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in prepared.train_enc])
     eval_ds = Dataset.from_list([{k: r[k] for k in columns} for r in prepared.eval_enc]) if has_eval else None
@@ -299,6 +476,82 @@ def build_trainer(model, peft_config, prepared: PreparedData, run_plan: Plan, ou
         compute_dtype=run_plan.placement.dtype,
         **run_plan.trainer_fast_paths,
     )
+
+
+def _callbacks(opts: Options, has_eval: bool) -> list:
+    from transformers import EarlyStoppingCallback
+
+    callbacks = []
+    if has_eval and opts.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=opts.early_stopping))
+    if opts.progress:
+        from .progress import ProgressBar
+
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+def build_preference_trainer(model, peft_config, prepared: PreparedData, run_plan: Plan, out: Path, callbacks: list):
+    """TRL's ``DPOTrainer`` / ``KTOTrainer`` (tunekit's subclasses) on the encoded rows.
+
+    The reference: LoRA/QLoRA score it with the adapter off (no copy); a continued adapter with
+    a frozen copy of it (TRL's "ref" adapter); full fine-tuning with a frozen copy of the base.
+    """
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig, KTOConfig
+
+    from .preference import TRAINERS
+    from .templates.pairs import preference_columns
+
+    opts, objective = run_plan.options, run_plan.objective
+    has_eval = len(prepared.eval_enc) > 0
+    config_class = DPOConfig if objective == "dpo" else KTOConfig
+    known = {f.name for f in dataclasses.fields(config_class)}
+    args = {k: v for k, v in preference_arguments(run_plan, out, has_eval=has_eval).items() if k in known}
+    config = config_class(**{**args, **(opts.training_args or {})})
+    train_ds = Dataset.from_dict(preference_columns(prepared.train_enc))
+    if objective == "kto":
+        # KTO trains in the data's order (its KL pairs are neighbours in a batch): shuffle once.
+        train_ds = train_ds.shuffle(seed=opts.seed)
+    eval_ds = Dataset.from_dict(preference_columns(prepared.eval_enc)) if has_eval else None
+    ref_model = None
+    if not methods.get(run_plan.method).peft:
+        # A frozen copy of the base as loaded (vocabulary grown included); TRL would reload it
+        # from the base's folder without the grown rows.
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return TRAINERS[objective](
+        model=model,
+        ref_model=ref_model,
+        args=config,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=prepared.tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+        compute_dtype=run_plan.placement.dtype,
+        fastpath=run_plan.fastpath,
+    )
+
+
+# SFTConfig arguments TRL's preference configs do not have (rows arrive encoded either way).
+_SFT_ONLY = ("packing", "padding_free", "max_length")
+
+
+def preference_arguments(run_plan: Plan, out: Path, *, has_eval: bool) -> dict[str, Any]:
+    """The ``trl.DPOConfig`` / ``KTOConfig`` arguments of a plan (before ``training_args``):
+    the SFT ones (schedule, checkpoints, evaluation, CPU fp32), with beta, the eval metric and no
+    truncation (rows are length-checked when encoded). Keys a config lacks are dropped by the caller
+    (KTOConfig has no ``padding_free``)."""
+    args = {k: v for k, v in sft_arguments(run_plan, out, has_eval=has_eval).items() if k not in _SFT_ONLY}
+    return {
+        **args,
+        "beta": run_plan.beta,
+        "max_length": None,
+        # Only the SFT path packs rows; these pad each batch (TRL 1.16 has padding-free off here).
+        "padding_free": False,
+    }
 
 
 def sft_arguments(run_plan: Plan, out: Path, *, has_eval: bool) -> dict[str, Any]:
@@ -404,13 +657,15 @@ def run_record(prepared: PreparedData, run_plan: Plan, *, adapter: bool) -> RunI
         base=base.name,
         method=run_plan.method,
         adapter=adapter,
-        objective="sft",
+        objective=prepared.objective,
+        preference=None if run_plan.objective == "sft" else {"beta": run_plan.beta,
+                                                             "reference": reference_kind(prepared, run_plan)},
         tunekit_version=__version__,
         base_path=str(base.path) if not base.embedded and Path(base.name).is_dir() else None,
         embedded_base=base.embedded,
         base_license=base.license,
         method_choice=run_plan.method_choice,  # how method="auto" decided; None when the method was given
-        template=TemplateInfo(name=tpl.name, sha256=tpl.sha256, eos=tpl.eos),
+        template=TemplateInfo(name=tpl.name, sha256=tpl.sha256, eos=tpl.eos, tools=templates.tool_style(tpl)),
         train_on=run_plan.options.train_on,
         options=_jsonable(vars(run_plan.options)),
         data=DataInfo(
@@ -460,13 +715,41 @@ def run_metrics(trainer, prepared: PreparedData, run_plan: Plan, wall: float) ->
         rows_per_forward=run_plan.rows_per_forward,
         # Only method="auto" estimates before training; the peak of the forwards that ran.
         estimated_peak_memory_bytes=run_plan.peak_bytes if run_plan.method_choice else None,
+        **preference_metrics(state.log_history),
     )
+
+
+# metrics.json's preference fields and the eval metrics TRL's DPO/KTO trainers log them under.
+PREFERENCE_METRICS = {"reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",
+                      "logps_chosen": "eval_logps/chosen", "logps_rejected": "eval_logps/rejected"}
+
+
+def preference_metrics(log_history: list[dict]) -> dict[str, float]:
+    """The reward accuracy, margin and chosen/rejected log-probs of the first evaluation (before
+    training: ``eval_on_start``) and the last, as :class:`~tunekit.record.Metrics` fields.
+    Empty for SFT runs and runs without an eval split. KTO logs no accuracy."""
+    out = {}
+    for name, key in PREFERENCE_METRICS.items():
+        values = [h[key] for h in log_history if key in h]
+        if values:
+            out[f"{name}_first"], out[f"{name}_last"] = round(values[0], 4), round(values[-1], 4)
+    return out
+
+
+def reference_kind(prepared: PreparedData, run_plan: Plan) -> str:
+    """How a DPO/KTO run scores its reference, in the record's words."""
+    if prepared.start is not None:
+        return "the starting adapter"
+    return "base (adapter off)" if methods.get(run_plan.method).peft else "a frozen copy"
 
 
 def _example_prompts(rows: list[dict], n: int = 4) -> list[str]:
     prompts = []
     for row in rows:
-        user = next((m["content"] for m in row.get("messages", []) if m["role"] == "user"), None)
+        messages = row.get("messages") or row.get("prompt") or []
+        user = next((m["content"] for m in messages if m["role"] == "user"), None)
+        if user in prompts:  # KTO rows share prompts
+            continue
         if user:
             prompts.append(user)
         if len(prompts) == n:
@@ -475,9 +758,12 @@ def _example_prompts(rows: list[dict], n: int = 4) -> list[str]:
 
 
 def token_counts(encoded: list[dict]) -> tuple[int, int]:
-    """``(tokens, trained tokens)`` of encoded rows: all positions, and those carrying loss."""
-    tokens = sum(len(r["input_ids"]) for r in encoded)
-    trained = sum(sum(1 for t in r["labels"] if t != templates.IGNORE_INDEX) for r in encoded)
+    """``(tokens, trained tokens)`` of encoded rows: all positions, and those carrying loss (for
+    a DPO pair, both sequences and both replies)."""
+    from .templates.pairs import sequence_lengths, trained_tokens
+
+    tokens = sum(sum(sequence_lengths(r)) for r in encoded)
+    trained = sum(trained_tokens(r) for r in encoded)
     return tokens, trained
 
 

@@ -26,11 +26,17 @@ def train(args: argparse.Namespace) -> int:
 
     result = finetune(data, **options)
     m = result.metrics
-    print(f"saved {result.method} fine-tune of {result.base} to {result.output_dir}")
+    objective = result.run.objective
+    what = "" if objective == "sft" else f" ({objective})"
+    print(f"saved {result.method}{what} fine-tune of {result.base} to {result.output_dir}")
     if result.run.method_choice:
         print(f"  method='auto' chose {result.run.method_choice['reason']}")
-    print(f"  eval loss {m.eval_loss_first} -> {m.eval_loss_best}  |  "
-          f"{m.steps} steps in {m.wall_seconds} s, {m.tokens_per_second} tokens/s")
+    if objective == "sft":
+        scored = f"eval loss {m.eval_loss_first} -> {m.eval_loss_best}"
+    else:
+        scored = f"reward accuracy {m.reward_accuracy_first} -> {m.reward_accuracy_last}, " \
+                 f"margin {m.reward_margin_first} -> {m.reward_margin_last}"
+    print(f"  {scored}  |  {m.steps} steps in {m.wall_seconds} s, {m.tokens_per_second} tokens/s")
     if result.url:
         print(f"  pushed to {result.url}")
     return 0

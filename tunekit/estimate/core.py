@@ -14,6 +14,8 @@ from .aliases import accepts_old_names
 from .report import Estimate
 from .shapes import Shape, load_config, lora_parameters, shape_of, targeted
 
+OBJECTIVES = ("sft", "dpo", "kto")
+
 
 @accepts_old_names("estimate()")
 def estimate(
@@ -32,6 +34,7 @@ def estimate(
     gradient_checkpointing: bool | None = None,
     tokens_per_epoch: int | None = None,
     flops: float | None = None,
+    objective: str = "sft",
 ) -> Estimate:
     """Estimate peak memory and throughput of fine-tuning ``base`` with ``method``.
 
@@ -61,6 +64,10 @@ def estimate(
             seed recipes) and off for CPU (recompute costs more than memory there, DESIGN §3).
         tokens_per_epoch: trained tokens in one epoch, for ``seconds_per_epoch``.
         flops: the device's matmul FLOP/s; by default measured once with :func:`probe_flops`.
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"``. Preference rows put two sequences each
+            through a forward (chosen and rejected; KTO's completion and its KL completion), and
+            every sequence is also scored by the reference, without gradients: for LoRA/QLoRA the
+            base with the adapter off (no memory), for full fine-tuning a frozen copy of the weights.
 
     Returns:
         An :class:`Estimate`; ``print(est.table())`` shows the breakdown.
@@ -78,6 +85,10 @@ def estimate(
         method, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, r=r,
         optimizer=optimizer, dropout=dropout, device=device, dtype=dtype,
     )  # fmt: skip
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    preference = objective != "sft"
+    sequences = batch_size * (2 if preference else 1)
     config, name = load_config(base)
     s = shape_of(config)
     cuda = device != "cpu"
@@ -86,20 +97,26 @@ def estimate(
     layers = _targeted_layers(s, method, target_modules, name)
     mem = memory.breakdown(
         s, method=method, a=DTYPE_BYTES[dtype_name], targeted=layers, r=r, dropout=dropout,
-        optimizer=optimizer, max_length=max_length, batch_size=batch_size, grad_accum=grad_accum,
+        optimizer=optimizer, max_length=max_length, batch_size=sequences, grad_accum=grad_accum,
         gradient_checkpointing=gradient_checkpointing, cuda=cuda,
     )  # fmt: skip
+    # The reference copy a full fine-tune scores against lives beside the weights all run long.
+    reference = s.params_total * DTYPE_BYTES[dtype_name] if preference and not methods.get(method).peft else 0
     per_token = speed.flops_per_token(
         s, full=not methods.get(method).peft, lora_params=lora_parameters(layers, r),
         max_length=max_length, gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
+    if preference:
+        # The reference's forward of every sequence: 2 FLOPs per matmul weight, no backward.
+        per_token += 2 * (s.quantisable_params + s.lm_head_params) + 2 * s.layers * max_length * s.hidden
     tps = speed.tokens_per_second(per_token, device, dtype_name, flops)
     return Estimate(
         base=name, method=method, device=device, dtype=dtype_name,
         params_total=s.params_total, params_trainable=mem.trainable,
         weights_bytes=mem.weights, gradients_bytes=mem.gradients, optimizer_bytes=mem.optimizer,
         activations_bytes=mem.activations, activations_checkpointed_bytes=mem.activations_checkpointed,
-        overhead_bytes=mem.overhead, total_bytes=mem.total,
+        overhead_bytes=mem.overhead, total_bytes=mem.total + reference,
+        objective=objective, reference_bytes=reference,
         gradient_checkpointing=gradient_checkpointing, tokens_per_second=tps,
         seconds_per_epoch=tokens_per_epoch / tps if (tps and tokens_per_epoch) else None,
         seq_len=max_length, batch_size=batch_size, grad_accum=grad_accum,

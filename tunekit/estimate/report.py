@@ -43,6 +43,11 @@ class Estimate:
             keeps its name because ``to_dict()`` is ``tunekit estimate --json``'s output).
         batch_size: sequences per micro-batch assumed.
         grad_accum: gradient-accumulation steps assumed.
+        objective: ``"sft"``, ``"dpo"`` or ``"kto"``. Preference rows put two sequences through
+            each forward (``batch_size`` counts rows, so the activations are those of twice as
+            many sequences) and score them under the reference too.
+        reference_bytes: the reference model's weights: a frozen copy for full fine-tuning with
+            DPO/KTO; 0 with LoRA/QLoRA (the reference is the base with the adapter switched off).
     """
 
     base: str
@@ -64,6 +69,8 @@ class Estimate:
     seq_len: int = 512
     batch_size: int = 4
     grad_accum: int = 1
+    objective: str = "sft"
+    reference_bytes: int = 0
 
     @property
     def max_length(self) -> int:
@@ -101,6 +108,9 @@ class Estimate:
             ("optimizer states", format_bytes(self.optimizer_bytes)),
             (f"activations (checkpointing {ckpt})", format_bytes(self.activations_bytes)),
         ]
+        if self.objective != "sft":
+            rows.insert(1, (f"{self.objective} reference", format_bytes(self.reference_bytes) if self.reference_bytes
+                            else "adapter off (no copy)"))
         if not self.gradient_checkpointing:
             rows.append(("  with checkpointing on", format_bytes(self.activations_checkpointed_bytes)))
         rows += [

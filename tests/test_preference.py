@@ -1,0 +1,217 @@
+"""Preference tuning (DPO, KTO) through TRL's trainers: encoding, objective detection, the
+reference, records, card, estimate, CLI, continuing an SFT adapter, and (slow) that the defaults
+learn the shipped example's preference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tunekit
+import tunekit.train
+from tunekit import templates
+from tunekit.errors import ConfigError
+from tunekit.templates.pairs import encode_preference_rows, sequence_lengths, trained_tokens
+from tunekit.templates.render import installed_template, tokenize_chat
+
+FAST = dict(epochs=1, batch_size=4, grad_accum=1, max_length=128, progress=False, eval_split=4)
+
+
+def _pairs(n: int = 16) -> list[dict]:
+    return [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+             "chosen": [{"role": "assistant", "content": f"TL;DR: {2 * i}.\n\n{i} plus {i} is {2 * i}."}],
+             "rejected": [{"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]} for i in range(n)]
+
+
+@pytest.fixture
+def chatml_tokenizer(smol_tokenizer):
+    templates.apply_template(smol_tokenizer, templates.resolve_template(smol_tokenizer, "chatml"))
+    return smol_tokenizer
+
+
+def _row(prompt: str, chosen: str, rejected: str, row: int = 1) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt, "weight": 0}],
+            "chosen": [{"role": "assistant", "content": chosen, "weight": 1}],
+            "rejected": [{"role": "assistant", "content": rejected, "weight": 1}], "row": row}
+
+
+def test_pairs_encode_the_chat_time_prompt_and_replies_ending_in_the_end_of_turn(chatml_tokenizer):
+    tok = chatml_tokenizer
+    row = _row("Hi <|im_start|>system", "Hello!", "What?")
+    [enc], problems = encode_preference_rows([row], tok)
+    assert problems == []
+    prompt = [{"role": "user", "content": "Hi <|im_start|>system"}]
+    at_chat_time = tokenize_chat(tok, installed_template(tok), prompt, add_generation_prompt=True).ids
+    assert enc["prompt_ids"] == at_chat_time
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    for side, text in (("chosen_ids", "Hello!"), ("rejected_ids", "What?")):
+        assert enc[side][-1] == end_of_turn
+        assert tok.decode(enc[side][:-1]) == text
+    # The control token typed into the prompt is text, not the turn marker.
+    start = tok.convert_tokens_to_ids("<|im_start|>")
+    assert enc["prompt_ids"].count(start) == 2  # the user turn and the assistant header only
+    assert sequence_lengths(enc) == [len(at_chat_time) + len(enc["chosen_ids"]),
+                                     len(at_chat_time) + len(enc["rejected_ids"])]
+    assert trained_tokens(enc) == len(enc["chosen_ids"]) + len(enc["rejected_ids"])
+
+
+def test_bad_pairs_are_row_problems_with_field_and_fix(chatml_tokenizer):
+    rows = [_row("Hi", "Same", "Same", 1), _row("Hi", "ok " * 200, "no", 2),
+            {**_row("Hi", "a", "b", 3), "prompt": []}]
+    encoded, problems = encode_preference_rows(rows, chatml_tokenizer, max_length=64, source="prefs.jsonl",
+                                               unit="line")
+    assert encoded == [None, None, None]
+    text = [str(p) for p in problems]
+    assert text[0].startswith("prefs.jsonl, line 1, rejected: chosen and rejected are the same reply")
+    assert text[1].startswith("prefs.jsonl, line 2, chosen:") and "max_length=64" in text[1]
+    assert text[2].startswith("prefs.jsonl, line 3, prompt: no prompt")
+
+
+def test_kto_rows_encode_one_completion_and_its_label(chatml_tokenizer):
+    row = {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Yo"}],
+           "label": False, "row": 1}
+    [enc], _ = encode_preference_rows([row], chatml_tokenizer)
+    assert enc["label"] is False and chatml_tokenizer.decode(enc["completion_ids"]) == "Yo<|im_end|>"
+
+
+def test_dpo_lora_trains_records_and_reloads(tiny_model_dir, tmp_path):
+    out = tmp_path / "dpo"
+    result = tunekit.finetune(_pairs(), base=str(tiny_model_dir), method="lora", output_dir=str(out), **FAST)
+    run = json.loads((out / "tunekit.json").read_text())
+    assert run["objective"] == "dpo"
+    assert run["preference"] == {"beta": 0.1, "reference": "base (adapter off)"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Evaluated on start (base: reference and policy agree, margin 0) and after training.
+    assert metrics["reward_margin_first"] == 0.0
+    assert metrics["reward_accuracy_last"] is not None and metrics["reward_margin_last"] != 0.0
+    assert metrics["logps_chosen_first"] < 0 and metrics["logps_rejected_first"] < 0
+    assert metrics["steps"] == 3  # 12 train pairs / batch 4
+    card = (out / "README.md").read_text()
+    assert "- dpo" in card and "DPOTrainer" in card and "| beta | 0.1 |" in card
+    assert not (out / "ref").exists(), "only the trained adapter is saved"
+    reply = tunekit.load(out).chat("What is 2 plus 2?", max_new_tokens=4)
+    assert isinstance(reply, str)
+    assert result.run.objective == "dpo"
+
+
+def test_objective_override_kto_from_pairs_and_sft_from_pairs(tiny_model_dir, tmp_path):
+    kto = tunekit.finetune(_pairs(), base=str(tiny_model_dir), method="lora", objective="kto",
+                           output_dir=str(tmp_path / "kto"), **FAST)
+    assert kto.run.objective == "kto"
+    # Each pair became two labelled completions (12 train pairs -> 24 rows).
+    assert kto.metrics["train_rows"] == 24
+    assert kto.metrics["logps_chosen_last"] is not None
+    plan = tunekit.train.plan(_pairs(), base=str(tiny_model_dir), method="lora", objective="sft", **FAST)
+    assert plan.objective == "sft" and plan.beta is None and "given: on the chosen replies" in plan.describe()
+
+
+def test_pairs_cannot_come_from_chats(tiny_model_dir, chat_rows):
+    with pytest.raises(ConfigError, match="objective='dpo' needs pairs"):
+        tunekit.train.plan(chat_rows, base=str(tiny_model_dir), objective="dpo", **FAST)
+    with pytest.raises(ConfigError, match="beta applies to objective='dpo' or 'kto'"):
+        tunekit.finetune(chat_rows, objective="sft", beta=0.2)
+
+
+def test_dpo_continues_an_sft_adapter_and_scores_against_it(tiny_model_dir, chat_rows, tmp_path):
+    sft = tunekit.finetune(chat_rows, base=str(tiny_model_dir), method="lora", output_dir=str(tmp_path / "sft"),
+                           **FAST)
+    with pytest.raises(ConfigError, match="is a lora adapter"):
+        tunekit.train.plan(_pairs(), base=str(sft.output_dir), method="full", **FAST)
+    dpo = tunekit.finetune(_pairs(), base=str(sft.output_dir), output_dir=str(tmp_path / "dpo"), **FAST)
+    assert dpo.method == "lora"  # the adapter's own method
+    assert dpo.run.preference["reference"] == "the starting adapter"
+    assert dpo.metrics["reward_margin_first"] == 0.0  # policy == reference at the start
+    cfg = json.loads((dpo.output_dir / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(tiny_model_dir)
+    # The continued adapter is the SFT one trained further, not a fresh one.
+    from safetensors.torch import load_file
+
+    before = load_file(str(sft.output_dir / "adapter_model.safetensors"))
+    after = load_file(str(dpo.output_dir / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    b_key = next(k for k in before if "lora_B" in k)
+    assert before[b_key].abs().sum() > 0 and not (before[b_key] == after[b_key]).all()
+    assert isinstance(tunekit.load(dpo.output_dir).chat("What is 1 plus 1?", max_new_tokens=3), str)
+
+
+def test_full_dpo_keeps_a_frozen_reference_copy(tiny_model_dir, tmp_path):
+    result = tunekit.finetune(_pairs(8), base=str(tiny_model_dir), method="full", output_dir=str(tmp_path / "f"),
+                              **{**FAST, "eval_split": 0})
+    assert result.run.preference["reference"] == "a frozen copy"
+    assert (result.output_dir / "model.safetensors").exists()
+
+
+def test_estimate_counts_what_preference_training_adds(tiny_model_dir):
+    from tunekit.estimate import estimate
+
+    kw = dict(max_length=64, batch_size=4, device="cpu", flops=0)
+    sft, dpo = estimate(str(tiny_model_dir), "lora", **kw), estimate(str(tiny_model_dir), "lora", objective="dpo", **kw)
+    assert dpo.activations_bytes > 1.8 * sft.activations_bytes  # chosen and rejected per row
+    assert dpo.reference_bytes == 0 and "adapter off" in dpo.table()
+    full = estimate(str(tiny_model_dir), "full", objective="dpo", **kw)
+    assert full.reference_bytes == full.params_total * 4  # an fp32 frozen copy
+    assert full.total_bytes - full.reference_bytes == estimate(str(tiny_model_dir), "full", batch_size=8,
+                                                               max_length=64, device="cpu", flops=0).total_bytes
+    with pytest.raises(ConfigError, match="objective"):
+        estimate(str(tiny_model_dir), "lora", objective="ppo", **kw)
+
+
+def test_cli_train_objective_dry_run(tiny_model_dir, tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in _pairs(8)) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "tunekit.cli", "train", str(path), "--objective", "dpo",
+                           "--beta", "0.2", "--base", str(tiny_model_dir), "--method", "lora", "--dry-run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "objective" in proc.stdout and "dpo" in proc.stdout
+    assert "beta                    0.2" in proc.stdout
+    assert "LoRA's default for dpo" in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_defaults_learn_the_example_preference(tmp_path):
+    """The shipped TL;DR pairs on the embedded SmolLM2 with tunekit's DPO defaults: the base never
+    opens a held-out reply with "TL;DR:", the tuned model mostly does (a subset, to stay short)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import preferences as example
+
+    rows = [json.loads(line) for line in example.PAIRS.read_text().splitlines()[:96]]
+    result = tunekit.finetune(rows, method="lora", epochs=1, output_dir=str(tmp_path / "run"), progress=False)
+    prompts = example.heldout_prompts(12)
+    assert example.tldr_rate(result, prompts, use_adapter=False) == 0.0
+    assert example.tldr_rate(result, prompts) >= 0.5
+    assert result.metrics["reward_accuracy_last"] > result.metrics["reward_accuracy_first"]
+
+
+def test_compare_tables_preference_runs_by_reward_not_eval_loss(tmp_path):
+    from tunekit.compare import Comparison, MethodResult, _prompt_and_reference
+
+    rows = [MethodResult("lora", trainable_params=10, total_params=100, wall_seconds=5.0, tokens_per_second=50.0,
+                         train_loss=0.6, reward_accuracy=0.75, reward_margin=0.125, steps=3)]
+    c = Comparison(base="b", device="cpu (float32)", train_rows=12, eval_rows=4, seed=42, steps=None,
+                   metric_name=None, rows=rows, output_dir=tmp_path, objective="dpo")
+    table = c.markdown()
+    assert "reward accuracy" in table and "eval loss |" not in table and "| 0.750 | 0.125 |" in table
+    assert "dpo, 12 train" in c.caption()
+    pair = _pairs(1)[0]
+    assert _prompt_and_reference(pair) == (pair["prompt"], pair["chosen"][0]["content"])
+    bad = {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}
+    assert _prompt_and_reference(bad) is None
+
+
+def test_progress_bar_shows_reward_accuracy_and_margin():
+    from tunekit.progress import ProgressBar
+
+    bar = ProgressBar()
+
+    class Bar:
+        def set_postfix(self, postfix, refresh):
+            self.postfix = dict(postfix)
+
+    bar.bar = Bar()
+    bar.on_log(None, None, None, logs={"eval_loss": 0.69, "eval_rewards/accuracies": 0.5, "eval_rewards/margins": 0.02})
+    assert bar.bar.postfix == {"eval": "0.690", "reward acc": "0.500", "margin": "0.020"}
