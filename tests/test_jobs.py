@@ -260,3 +260,141 @@ def test_pages_follow_openais_cursor():
     assert page(items, after=None, limit=2) == ([{"id": "0"}, {"id": "1"}], True)
     assert page(items, after="3", limit=2) == ([{"id": "4"}], False)
     assert page(items, after="gone", limit=2) == ([], False)
+
+
+# -- uploads' own limit, continuing from ft: models, live step events, --print-vllm --------------
+def test_uploads_have_their_own_limit_and_chat_keeps_max_body(pool, tmp_path):
+    import httpx
+
+    from tunekit.server import create_app
+    from tunekit.server.routes_jobs import attach
+
+    app = create_app(pool, api_key=KEYS, max_body=64 * 1024, max_upload=256 * 1024)
+    attach(app, data=tmp_path / "data")  # the file limit follows max_upload
+    with RunningApp(app, pool) as server:
+        alice = server.client(KEYS[0])
+        big = b"x" * (100 * 1024)  # over max_body, under max_upload
+        kept = alice.files.create(file=("big.jsonl", big), purpose="fine-tune")
+        assert alice.files.content(kept.id).content == big
+        with pytest.raises(openai.APIStatusError) as e:
+            alice.chat.completions.create(model=pool.base, messages=[{"role": "user", "content": big.decode()}])
+        assert e.value.status_code == 413 and "--max-body" in e.value.message
+        with pytest.raises(openai.APIStatusError) as e:
+            alice.files.create(file=("huge.jsonl", b"x" * (300 * 1024)), purpose="fine-tune")
+        assert e.value.status_code == 413 and "--max-upload" in e.value.message
+        # Without Content-Length (chunked) the upload is cut off as it passes the limit.
+        boundary = "tunekit-test"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"c.jsonl\"\r\n\r\n").encode()
+
+        def chunks():
+            yield head
+            for _ in range(40):
+                yield b"y" * 8192  # 320 KiB in all
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        answer = httpx.post(f"{server.url}/files", content=chunks(), timeout=30,
+                            headers={"Authorization": f"Bearer {KEYS[0]}",
+                                     "Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+        assert [f.id for f in alice.files.list()] == [kept.id]
+
+
+def test_continuing_from_a_model_that_is_not_the_callers_is_404(server, tiny_model_dir):
+    alice = server.client(KEYS[0])
+    good = alice.files.create(file=("train.jsonl", rows()), purpose="fine-tune")
+    for model in (f"ft:{tiny_model_dir.name}:key-x::abc", f"ft:{tiny_model_dir.name}:key-x::abc:ckpt-step-2"):
+        with pytest.raises(openai.NotFoundError) as e:
+            alice.fine_tuning.jobs.create(model=model, training_file=good.id)
+        assert (e.value.code, e.value.param) == ("model_not_found", "model")
+    assert alice.fine_tuning.jobs.list().data == []
+
+
+def test_step_events_follow_the_trainers_log_lines_before_any_checkpoint(tmp_path):
+    from tunekit.jobs.files import Blobs
+    from tunekit.jobs.runner import Runner, _Clock
+    from tunekit.jobs.store import Store
+    from tunekit.trainer import LOG_FILE
+
+    assert progress.LOG_FILE == LOG_FILE
+    store = Store(tmp_path / "jobs.sqlite")
+    runner = Runner(store, Blobs(tmp_path / "files"), tmp_path / "jobs", base="base")
+    job = store.add_job(owner="o", request={"model": "base", "training_file": "f", "method": {"type": "supervised"}})
+    run = runner.folder(job["id"]) / "run"
+    run.mkdir(parents=True)
+    log, clock, tail = run / LOG_FILE, _Clock(), progress.Tail(run / LOG_FILE)
+
+    def write(*entries, cut: str = ""):
+        with open(log, "a") as f:
+            f.writelines(json.dumps({"max_steps": 6, **e}) + "\n" for e in entries)
+            f.write(cut)
+
+    def steps():
+        return [(e["data"]["step"], e["message"]) for e in reversed(store.events(job["id"])) if e["type"] == "metrics"]
+
+    runner._scan(job, clock, tail)  # no log yet
+    write({"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, cut='{"step": 3, "lo')
+    runner._scan(job, clock, tail)
+    assert steps() == [(1, "Step 1/6: training loss=2.0000")]  # step 2 may still get its validation loss
+    with open(log, "a") as f:
+        f.write('ss": 1.25}\n')
+    write({"step": 2, "eval_loss": 1.75})  # logged after step 3's line: still step 2's
+    runner._scan(job, clock, tail)
+    assert steps()[1:] == [(2, "Step 2/6: training loss=1.5000, validation loss=1.7500")]
+    runner._scan(job, clock, tail, final=True)
+    assert [s for s, _ in steps()] == [1, 2, 3]
+    runner._scan(job, clock, tail, final=True)
+    assert len(steps()) == 3, "no step is reported twice"
+    assert not (run / "checkpoints").exists()
+
+
+def test_log_lines_append_each_trainer_log(tmp_path):
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from tunekit.trainer import LogLines
+
+    state = TrainerState(global_step=3, max_steps=9, epoch=0.5)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), report_to=[])
+    callback = LogLines(tmp_path / "logs.jsonl")
+    callback.on_log(args, state, TrainerControl(), logs={"loss": 1.5, "learning_rate": 1e-4})
+    state.global_step = 4
+    callback.on_log(args, state, TrainerControl(), logs={"eval_loss": 1.25})
+    lines = [json.loads(line) for line in (tmp_path / "logs.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 3, "epoch": 0.5, "max_steps": 9, "loss": 1.5, "learning_rate": 1e-4},
+                     {"step": 4, "epoch": 0.5, "max_steps": 9, "eval_loss": 1.25}]
+
+
+def test_print_vllm_asks_for_a_key_with_a_keys_file(tmp_path, tiny_model_dir, capsys):
+    from tunekit.cli import main
+
+    keys = tmp_path / "keys"
+    keys.write_text("alice sk-alice\n")
+    assert main(["serve", "--base", str(tiny_model_dir), "--print-vllm"]) == 0
+    assert "--api-key" not in capsys.readouterr().out
+    assert main(["serve", "--base", str(tiny_model_dir), "--print-vllm", "--api-keys-file", str(keys)]) == 0
+    out = capsys.readouterr().out
+    assert '--api-key "$VLLM_API_KEY"' in out and "sk-alice" not in out
+
+
+def test_hub_repo_names_fit_the_hub():
+    job = {"id": "ftjob-abc123", "request": {"suffix": "my suffix"}}
+    assert spec.hub_repo("acme", "HuggingFaceTB/SmolLM2-135M-Instruct", job) == \
+        "acme/SmolLM2-135M-Instruct-my-suffix-ftjob-abc123"
+    long = spec.hub_repo("acme", "b" * 120, job)
+    assert len(long.split("/")[1]) <= 96 and long.endswith("-ftjob-abc123")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes(tmp_path):
+    # A job restarted after its first log line but before its first checkpoint: the run folder
+    # holds logs.jsonl only, and resume=True must start it over rather than refuse the folder.
+    from tunekit.folders import check_resumable
+    from tunekit.record import RUN_FILE
+    from tunekit.trainer import LOG_FILE
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / LOG_FILE).write_text('{"step": 1, "loss": 2.0}\n')
+    assert check_resumable(run, record=RUN_FILE, work="checkpoints") == run
+    (run / "notes.txt").write_text("someone else's")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        check_resumable(run, record=RUN_FILE, work="checkpoints")

@@ -34,12 +34,12 @@ def pool(tiny_model_dir):
     return tunekit.AdapterPool(str(tiny_model_dir))
 
 
-def running(pool, data, **training):
+def running(pool, data, push_to=None, **training):
     from tunekit.server import create_app
     from tunekit.server.routes_jobs import attach
 
     app = create_app(pool, api_key=KEYS)
-    attach(app, data=data, training={"max_length": 128, **training})
+    attach(app, data=data, training={"max_length": 128, **training}, push_to=push_to)
     return RunningApp(app, pool)
 
 
@@ -58,8 +58,16 @@ def events(client, job_id):
     return list(reversed(client.fine_tuning.jobs.list_events(job_id, limit=1000).data))  # oldest first
 
 
-def test_the_fine_tuning_guides_flow(pool, tmp_path):
-    with running(pool, tmp_path / "data") as server:
+def first_train_loss(client, job_id):
+    return next(e.data["train_loss"] for e in events(client, job_id) if e.type == "metrics" and "train_loss" in e.data)
+
+
+def test_the_fine_tuning_guides_flow(pool, tmp_path, hub, monkeypatch):
+    # Each succeeded job's model is pushed to the project's own hub; its workers read the
+    # endpoint and token from the environment, as `tunekit serve --push-to` documents.
+    for name, value in hub.env().items():
+        monkeypatch.setenv(name, value)
+    with running(pool, tmp_path / "data", push_to=hub.user) as server:
         alice, bob = server.client("sk-alice"), server.client("sk-bob")
         train = alice.files.create(file=("train.jsonl", rows(24)), purpose="fine-tune")
         valid = alice.files.create(file=("valid.jsonl", rows(6, start=30)), purpose="fine-tune")
@@ -99,6 +107,16 @@ def test_the_fine_tuning_guides_flow(pool, tmp_path):
         assert losses[-1] < losses[0], "validation loss must fall with this learning rate"
         assert alice.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
 
+        # Pushed with its model card, to the repo the event names.
+        pushed = next(e for e in log if e.message.startswith("Model pushed to"))
+        repo = f"{hub.user}/{os.path.basename(pool.base)}-adder-{job.id}"
+        assert pushed.data["pushed_to"].rstrip("/").endswith(repo)
+        names = set(hub.api.list_repo_files(repo))
+        assert {"README.md", "adapter_model.safetensors", "adapter_config.json"} <= names
+        assert not any(n.startswith("checkpoints/") for n in names)
+        card = hub.api.hf_hub_download(repo, "README.md", cache_dir=str(tmp_path / "hub-cache"))
+        assert "lora" in open(card).read().lower()
+
         # The model is served at once, to its owner only, and answers as the run folder does.
         listed = {m.id: m.owned_by for m in alice.models.list()}
         assert listed[job.fine_tuned_model] == "alice"
@@ -121,6 +139,21 @@ def test_the_fine_tuning_guides_flow(pool, tmp_path):
             bob.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": PROMPT}])
         with pytest.raises(openai.NotFoundError):
             bob.models.delete(job.fine_tuned_model)
+
+        # Continuing from the fine-tune: a job whose model is the ft: name starts from its
+        # adapter, so its first loss is near the first job's last, not its first.
+        with pytest.raises(openai.NotFoundError):
+            bob.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=train.id)
+        more = alice.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=train.id, suffix="more",
+                                             hyperparameters={"n_epochs": 1, "batch_size": 4})
+        more = wait_for(alice, more.id, lambda j: j.status == "succeeded", what="the continuing job")
+        assert more.model == job.fine_tuned_model
+        assert more.fine_tuned_model.startswith(f"ft:{os.path.basename(pool.base)}:alice:more:")
+        losses = [e.data["train_loss"] for e in events(alice, job.id) if e.type == "metrics" and "train_loss" in e.data]
+        continued = first_train_loss(alice, more.id)
+        assert abs(continued - losses[-1]) < abs(continued - losses[0]), (losses, continued)
+        assert alice.chat.completions.create(model=more.fine_tuned_model, max_tokens=4,
+                                             messages=[{"role": "user", "content": PROMPT}]).choices
 
         assert alice.models.delete(job.fine_tuned_model).deleted
         assert job.fine_tuned_model not in [m.id for m in alice.models.list()]
@@ -161,6 +194,9 @@ def test_a_tool_calling_job_and_a_dpo_job_queue_one_after_the_other(pool, tmp_pa
         pairs = alice.files.create(file=("pairs.jsonl", pair_rows(12)), purpose="fine-tune")
         first = alice.fine_tuning.jobs.create(model=pool.base, training_file=tools.id, suffix="weather",
                                               hyperparameters={"n_epochs": 1, "batch_size": 4})
+        # The second is created once the first runs: both validating at once, either could
+        # reach the queue first.
+        wait_for(alice, first.id, lambda j: j.status in ("running", "succeeded"), what="the first job's start")
         second = alice.fine_tuning.jobs.create(model=pool.base, training_file=pairs.id, suffix="pref", method={
             "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 4, "beta": 0.2}}})
         seen = []
@@ -171,6 +207,10 @@ def test_a_tool_calling_job_and_a_dpo_job_queue_one_after_the_other(pool, tmp_pa
         assert "queued" in seen, "with one job at a time the second waits in the queue"
         assert second.method.type == "dpo" and second.method.dpo.hyperparameters.beta == 0.2
         assert alice.fine_tuning.jobs.checkpoints.list(second.id).data
+        # A server without push_to pushes nothing.
+        for job in (first, second):
+            assert json.loads((server.app.state.jobs.runner.folder(job.id) / "spec.json").read_text())["push"] is None
+            assert not any("push" in e.message.lower() for e in events(alice, job.id))
 
         # Both are served: the tool-calling model with tools, the DPO one plainly.
         reply = alice.chat.completions.create(

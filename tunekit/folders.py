@@ -69,7 +69,9 @@ def check_resumable(path: str | os.PathLike, *, record: str, work: str, what: st
     work_dir = out / work
     if work_dir.is_dir() and any(work_dir.iterdir()):
         return out
-    others = sorted(p.name for p in out.iterdir() if p != work_dir)
+    # A run's live log (tunekit.trainer.LOG_FILE) is written from its first step, before any
+    # checkpoint: a run stopped that early is still a run to resume (from the beginning).
+    others = sorted(p.name for p in out.iterdir() if p != work_dir and p.name != "logs.jsonl")
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ConfigError(f"{what} {out} is not a tunekit run, so resume=True cannot continue it: it has no "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from .templates import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvaluateLastStep", "KeepGradients", "MarkCheckpoints", "SECRET_ARGS", "LIGER_KERNELS", "LOSS_CHUNK_BYTES", "Trainer", "causal_lm_of",
+__all__ = ["EvaluateLastStep", "KeepGradients", "LOG_FILE", "LogLines", "MarkCheckpoints", "SECRET_ARGS", "LIGER_KERNELS", "LOSS_CHUNK_BYTES", "Trainer", "causal_lm_of",
            "trained_positions_loss"]
 
 # Liger's kernels tunekit applies: its cross-entropy (plain or fused with the lm_head) is left
@@ -161,6 +162,30 @@ class MarkCheckpoints(TrainerCallback):
                 setattr(clean, name, None)
             torch.save(clean, pickled)
         mark_complete(folder)
+
+
+# The run folder's file of Trainer logs, one JSON object a line (see LogLines).
+LOG_FILE = "logs.jsonl"
+
+
+class LogLines(TrainerCallback):
+    """Append each Trainer log (loss, learning rate, grad norm, eval metrics…) to ``path`` as one
+    JSON line ``{"step", "epoch", "max_steps", **logs}`` the moment it is logged, so another
+    process can follow a run live (the Fine-tuning Jobs API's step events) instead of waiting for
+    a checkpoint's ``trainer_state.json``. One short append per log: cheap. A resumed run
+    appends to the same file, so steps after the checkpoint it resumed from appear twice.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        line = json.dumps({"step": state.global_step, "epoch": state.epoch, "max_steps": state.max_steps, **logs},
+                          default=str)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 class Trainer(SFTTrainer):

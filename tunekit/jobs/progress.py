@@ -1,5 +1,6 @@
-"""What a job's run folder says about its progress: the Trainer's log history in its newest
-checkpoint (``trainer_state.json``), turned into OpenAI's step metrics, events and the result CSV."""
+"""What a job's run folder says about its progress: the Trainer's logs as it writes them
+(``logs.jsonl``) and the log history in its checkpoints (``trainer_state.json``), turned into
+OpenAI's step metrics, events and the result CSV."""
 
 from __future__ import annotations
 
@@ -11,6 +12,41 @@ from pathlib import Path
 # The columns of OpenAI's step-metrics file (``result_files``), in its order.
 CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy",
                "full_valid_loss", "full_valid_mean_token_accuracy")
+
+
+# tunekit.trainer.LOG_FILE, named here too: importing tunekit.trainer would load torch and TRL
+# into the server's watcher for one string (a test checks the two agree).
+LOG_FILE = "logs.jsonl"
+
+
+class Tail:
+    """Follows a run's ``logs.jsonl`` as the Trainer appends to it: each :meth:`read` adds the
+    lines completed since the last and returns every entry read so far.
+
+    Args:
+        path: the file (it may not exist yet).
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.entries = Path(path), 0, []
+
+    def read(self) -> list[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return self.entries
+        end = chunk.rfind(b"\n") + 1  # a line still being written waits for the next read
+        self.offset += end
+        for line in chunk[:end].splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line a killed process cut short
+            if isinstance(entry, dict):
+                self.entries.append(entry)
+        return self.entries
 
 
 def trainer_state(checkpoint: Path) -> dict | None:

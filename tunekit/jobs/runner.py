@@ -51,15 +51,17 @@ class Runner:
             copy; it records the checkpoint.
         on_success: called with ``(job, run folder)`` when a job has succeeded, before its status
             says so (the server makes the model servable there).
+        push_to: a Hub user or organisation each succeeded job's model is pushed to by its
+            worker (:func:`~tunekit.jobs.spec.hub_repo` names the repo); None: never.
     """
 
     def __init__(self, store: Store, blobs: Blobs, root: Path, *, base: str, concurrency: int = 1,
                  training: dict | None = None, on_checkpoint: Callable | None = None,
-                 on_success: Callable | None = None):
+                 on_success: Callable | None = None, push_to: str | None = None):
         self.store, self.blobs, self.root, self.base = store, blobs, Path(root), base
         self.concurrency = concurrency
         self.training = dict(training or {})
-        self.on_checkpoint, self.on_success = on_checkpoint, on_success
+        self.on_checkpoint, self.on_success, self.push_to = on_checkpoint, on_success, push_to
         self._wake = threading.Condition()
         self._running: dict[str, subprocess.Popen] = {}
         self._stopping = False
@@ -159,12 +161,16 @@ class Runner:
         if data is None or (request.get("validation_file") and evald is None):
             raise RuntimeError("a file of the job was deleted before it ran")
         method = request["method"]
-        options = specs.finetune_options(method.get("hyperparameters", {}), method["type"], base=self.base,
+        # An ft: model's job continues its adapter (service.create_job found its folder).
+        base = request.get("start_folder") or self.base
+        options = specs.finetune_options(method.get("hyperparameters", {}), method["type"], base=base,
                                          seed=request.get("seed"), eval_data=str(evald) if evald else None,
                                          output_dir=str(folder / "run"), resume=True, defaults=self.training)
         params = {data.name: "training_file", **({evald.name: "validation_file"} if evald else {})}
         spec_path = folder / "spec.json"
-        spec_path.write_text(json.dumps({"data": str(data), "options": options, "params": params}, indent=1))
+        push = specs.hub_repo(self.push_to, self.base, job) if self.push_to else None
+        spec_path.write_text(json.dumps({"data": str(data), "options": options, "params": params, "push": push},
+                                        indent=1))
         (folder / OUTCOME).unlink(missing_ok=True)
         self.store.add_event(job["id"], "Fine-tuning job started" if job["attempts"] == 0 else
                              "Fine-tuning job resumed")
@@ -189,6 +195,7 @@ class Runner:
     def _watch(self, job: dict, proc: subprocess.Popen) -> None:
         job_id = job["id"]
         clock = _Clock()
+        tail = progress.Tail(self.folder(job_id) / "run" / progress.LOG_FILE)
         try:
             while proc.poll() is None:
                 if self._stopping:
@@ -197,11 +204,11 @@ class Runner:
                     _terminate(proc)
                     self._cancelled(job_id)
                     return
-                self._scan(job, clock)
+                self._scan(job, clock, tail)
                 time.sleep(POLL)
             if self._stopping:
                 return
-            self._scan(job, clock)
+            self._scan(job, clock, tail, final=True)
             self._finish(job, proc.returncode)
         except Exception as e:  # a bug here fails the job, never the server
             log.exception("watching job %s failed", job_id)
@@ -213,39 +220,52 @@ class Runner:
                 self._running.pop(job_id, None)
                 self._wake.notify_all()
 
-    def _scan(self, job: dict, clock: "_Clock") -> None:
-        """Record the checkpoints the Trainer has completed since the last look: their step
-        events, a servable copy, and the job's estimated finish."""
-        work = self.folder(job["id"]) / "run" / "checkpoints"
-        if not work.is_dir():
-            return
+    def _scan(self, job: dict, clock: "_Clock", tail: "progress.Tail", *, final: bool = False) -> None:
+        """Record what the run has done since the last look: step events as the Trainer logs
+        them (its ``logs.jsonl``), the checkpoints it has completed (an event and a servable
+        copy each), and the job's estimated finish.
+
+        A step's event waits until the run has moved past it (a later log line, a checkpoint at
+        or after it, or the end), so a step's training and validation loss, logged one after the
+        other, make one event."""
+        run = self.folder(job["id"]) / "run"
+        entries = tail.read()
         events = self.store.events(job["id"])
         # From the events, not the checkpoint table: pruned checkpoints must stay seen.
         known = {e["data"]["checkpoint_step"] for e in events if e["data"] and "checkpoint_step" in e["data"]}
         done = max((e["data"]["step"] for e in events if e["type"] == "metrics" and e["data"]), default=-1)
-        for folder in sorted(work.glob("checkpoint-*"), key=lambda p: ckpts.step_of(p) or -1):
+        work = run / "checkpoints"
+        fresh = []
+        for folder in sorted(work.glob("checkpoint-*"), key=lambda p: ckpts.step_of(p) or -1) if work.is_dir() else []:
             step = ckpts.step_of(folder)
             if step is None or step in known or not ckpts.is_complete(folder):
                 continue
             state = progress.trainer_state(folder)
-            if state is None:
-                continue
-            metrics = progress.steps(state.get("log_history", []))
-            total = state.get("max_steps")
-            for s, row in metrics.items():
-                if s > done:
-                    self.store.add_event(job["id"], progress.step_message(row, total), type="metrics",
-                                         data={**row, "total_steps": total})
-                    done = s
+            if state is not None:
+                fresh.append((step, folder, state))
+        history = [*(fresh[-1][2].get("log_history", []) if fresh else []), *entries]
+        metrics = progress.steps(history)
+        total = next((e["max_steps"] for e in reversed(entries) if e.get("max_steps")), None) or \
+            (fresh[-1][2].get("max_steps") if fresh else None)
+        last_logged = max((int(e.get("step", 0)) for e in entries), default=-1)
+        settled = float("inf") if final else max(last_logged - 1, max((f[0] for f in fresh), default=-1))
+        for s, row in metrics.items():
+            if done < s <= settled:
+                self.store.add_event(job["id"], progress.step_message(row, total), type="metrics",
+                                     data={**row, "total_steps": total})
+                done = s
+                finish = clock.estimate(s, total)
+                if finish is not None:
+                    self.store.update_job(job["id"], estimated_finish=finish)
+        for step, folder, state in fresh:
             copy = self._copy(job, folder, step)
             self.store.add_event(job["id"], f"Checkpoint created at step {step}",
                                  data={"checkpoint_step": step})
             if self.on_checkpoint is not None:
-                self.on_checkpoint(job, step, copy, progress.at_or_before(metrics, step))
-            finish = clock.estimate(step, total)
-            if finish is not None:
-                self.store.update_job(job["id"], estimated_finish=finish)
-        self._prune(job["id"])
+                own = progress.steps(state.get("log_history", []))
+                self.on_checkpoint(job, step, copy, progress.at_or_before(own, step))
+        if fresh:
+            self._prune(job["id"])
 
     def _copy(self, job: dict, folder: Path, step: int) -> Path:
         copy = self.folder(job["id"]) / "checkpoints" / f"step-{step}"
@@ -278,6 +298,12 @@ class Runner:
             self.fail(job["id"], {k: outcome.get(k) for k in ("code", "message", "param")})
             return
         run = Path(outcome["output_dir"])
+        if outcome.get("pushed"):
+            self.store.add_event(job["id"], f"Model pushed to {outcome['pushed']}",
+                                 data={"pushed_to": outcome["pushed"]})
+        elif outcome.get("push_error"):
+            self.store.add_event(job["id"], f"Could not push the model to the Hub: {outcome['push_error']}",
+                                 level="warn", data={"push_error": outcome["push_error"]})
         if self.on_success is not None:
             self.on_success(job, run)
         else:

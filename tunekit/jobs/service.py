@@ -63,16 +63,19 @@ class JobService:
         concurrency: jobs trained at once (each in its own process).
         training: ``finetune`` options applied to every job before its own (e.g. ``max_length``).
         max_file_bytes: the largest upload.
+        push_to: a Hub user or organisation each succeeded job's model is pushed to, with its
+            model card (``HF_ENDPOINT``, ``HF_TOKEN`` from the environment); None: never.
     """
 
     def __init__(self, pool, base_name: str, *, api_key=None, data: str | Path | None = None, concurrency: int = 1,
-                 training: dict | None = None, max_file_bytes: int = 512 * 10**6):
+                 training: dict | None = None, max_file_bytes: int = 512 * 2**20, push_to: str | None = None):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise JobError(500, f"jobs concurrency must be a positive integer, got {concurrency!r}")
         self.pool, self.base_name = pool, base_name
         self.owners = Owners(api_key)
         self.data = Path(data).expanduser() if data else default_data_dir()
         self.concurrency, self.training, self.max_file_bytes = concurrency, dict(training or {}), max_file_bytes
+        self.push_to = push_to
         self._models: dict[str, str] = {}  # servable model name -> owner
         self._lock = threading.Lock()
         self._runner: Runner | None = None
@@ -92,7 +95,8 @@ class JobService:
             self.blobs = Blobs(self.data / "files")
             self._runner = Runner(self.store, self.blobs, self.data / "jobs", base=self.base_name,
                                   concurrency=self.concurrency, training=self.training,
-                                  on_checkpoint=self._checkpoint, on_success=self._succeeded)
+                                  on_checkpoint=self._checkpoint, on_success=self._succeeded,
+                                  push_to=self.push_to)
         served = []
         for job in self.store.jobs(status="succeeded"):
             if job["fine_tuned_model"] and not job["deleted_model"]:
@@ -170,17 +174,20 @@ class JobService:
         Args:
             request: ``model``, ``training_file``, ``validation_file``, ``suffix``, ``seed``,
                 ``metadata`` and ``method`` (``{"type", "hyperparameters"}``), already in shape.
+                ``model`` is the server's base, or one of the caller's ``ft:`` models or
+                checkpoints, whose adapter the job then continues training.
 
         Raises:
-            JobError: a model this server cannot train from, a file that is not the caller's,
-                a suffix or method it cannot take.
+            JobError: a model this server cannot train from (404 for an ``ft:`` model that is
+                not the caller's), a file that is not the caller's, a suffix or method it
+                cannot take.
         """
         runner = self.runner
         model = request["model"]
         if model.startswith("ft:"):
-            raise JobError(400, "Continuing from a fine-tuned model is not supported by this server yet; start "
-                                f"from the base {self.base_name!r}.", code="model_not_available", param="model")
-        if model not in self._base_names():
+            # Continue the caller's own fine-tune (or checkpoint): its adapter is the job's base=.
+            request = {**request, "start_folder": str(self._fine_tune_folder(owner, model))}
+        elif model not in self._base_names():
             raise JobError(400, f"This server trains from its base {self.base_name!r} only (the model that serves "
                                 f"the result); got {model!r}. Start `tunekit serve --base {model}` to fine-tune it.",
                            code="model_not_available", param="model")
@@ -263,6 +270,23 @@ class JobService:
         for ckpt in self.store.checkpoints():
             if ckpt["model"] == name:
                 self.store.delete_checkpoint(ckpt["id"])
+
+    def _fine_tune_folder(self, owner: str, name: str) -> Path:
+        """The adapter folder of ``owner``'s fine-tuned model or checkpoint ``name``.
+
+        Raises:
+            JobError: 404, as for any model that is not the caller's (deleted ones included).
+        """
+        with self._lock:
+            served = self._models.get(name) == owner
+        if served:
+            for job in self.store.jobs(owner, status="succeeded"):
+                if job["fine_tuned_model"] == name and not job["deleted_model"]:
+                    return self.runner.folder(job["id"]) / "run"
+            for ckpt in self.store.checkpoints():
+                if ckpt["model"] == name and Path(ckpt["folder"]).is_dir():
+                    return Path(ckpt["folder"])
+        raise not_found("model", name, "model")
 
     def model_name(self, job: dict, step: int | None = None) -> str:
         """``ft:<base>:<owner>:<suffix>:<job>`` (and ``:ckpt-step-<N>`` for a checkpoint)."""

@@ -5,6 +5,7 @@ into tunekit's objective."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from .. import methods
@@ -80,6 +81,23 @@ def base_lr(method_type: str) -> float:
     """The learning rate a multiplier of 1 means: tunekit's LoRA default for the method's
     objective (2e-4 for supervised, lower for DPO)."""
     return methods.get(METHOD).lr(OBJECTIVES[method_type])
+
+
+def hub_repo(namespace: str, base: str, job: dict) -> str:
+    """The Hub repo a job's model is pushed to: ``<namespace>/<base>-<suffix>-<job id>`` (the
+    parts of its ``ft:`` name a repo id can hold).
+
+    Example:
+        >>> hub_repo("acme", "HuggingFaceTB/SmolLM2-135M-Instruct", {"id": "ftjob-abc", "request": {"suffix": "x"}})
+        'acme/SmolLM2-135M-Instruct-x-ftjob-abc'
+    """
+    parts = [base.rstrip("/").split("/")[-1], job["request"].get("suffix") or "", job["id"]]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", "-".join(p for p in parts if p))
+    name = re.sub(r"[-.]{2,}", "-", name).strip("-.")
+    # The job id is what makes it unique: keep it whole when the name is cut to the Hub's 96.
+    if len(name) > 96:
+        name = f"{name[:95 - len(job['id'])].strip('-.')}-{job['id']}"
+    return f"{namespace}/{name}"
 
 
 def _given(value: Any, default: Any) -> Any:

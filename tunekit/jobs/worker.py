@@ -1,8 +1,10 @@
 """One job's training, in its own process: ``python -m tunekit.jobs.worker SPEC``.
 
 ``SPEC`` is a JSON file ``{"data": path, "options": {...}, "params": {file name: request field}}``; the worker runs
-``tunekit.finetune(data, **options)`` and writes ``outcome.json`` next to it:
-``{"ok": true, "output_dir": …}`` or ``{"ok": false, "code", "message", "param"}``. A process that
+``tunekit.finetune(data, **options)``, pushes the result with its model card when the spec names a
+Hub repo (``"push": "namespace/name"``; endpoint and token from ``HF_ENDPOINT`` / ``HF_TOKEN``), and
+writes ``outcome.json`` next to it: ``{"ok": true, "output_dir": …}`` (with ``"pushed": url`` or
+``"push_error": why``) or ``{"ok": false, "code", "message", "param"}``. A process that
 dies without writing it (killed, out of memory) is reported by the runner from its exit status
 and log. The worker stops by itself when the server that started it goes away, so a restarted
 server never finds two workers on one job.
@@ -43,6 +45,18 @@ def _outcome(e: BaseException, params: dict[str, str]) -> dict:
     return {"ok": False, "code": "server_error", "message": f"training failed: {type(e).__name__}: {e}", "param": None}
 
 
+def _push(result, repo_id: str) -> dict:
+    """Push the trained model to ``repo_id``; a failure is reported, not raised: the job has
+    succeeded and its model is served either way."""
+    try:
+        return {"pushed": result.push(repo_id, private=True, commit_message="tunekit serve: fine-tuning job result")}
+    except Exception as e:  # noqa: BLE001 - every reason (no token, Hub down) goes to the job's events
+        import traceback
+
+        traceback.print_exc()
+        return {"push_error": f"{type(e).__name__}: {e}"}
+
+
 def main(argv: list[str]) -> int:
     spec_path = Path(argv[0])
     parent = int(argv[1]) if len(argv) > 1 else os.getppid()
@@ -58,6 +72,8 @@ def main(argv: list[str]) -> int:
 
         result = finetune(spec["data"], **spec["options"])
         outcome = {"ok": True, "output_dir": str(result.output_dir)}
+        if spec.get("push"):
+            outcome.update(_push(result, spec["push"]))
     except Exception as e:  # every failure becomes the job's error, with its reason
         import traceback
 

@@ -28,7 +28,7 @@ router = APIRouter()
 
 
 def attach(app: FastAPI, *, data: str | Path | None = None, concurrency: int = 1, training: dict | None = None,
-           max_file_bytes: int | None = None) -> JobService:
+           max_file_bytes: int | None = None, push_to: str | None = None) -> JobService:
     """Give an app made by :func:`tunekit.server.create_app` its Files and Fine-tuning Jobs
     service (``create_app`` attaches one with the defaults; call this before the app starts to
     choose others).
@@ -40,8 +40,10 @@ def attach(app: FastAPI, *, data: str | Path | None = None, concurrency: int = 1
         concurrency: jobs trained at once, each in its own process (1: one at a time).
         training: ``tunekit.finetune`` options every job starts from (e.g. ``{"max_length": 512}``);
             a job's own hyperparameters override them.
-        max_file_bytes: the largest upload; default: the app's body limit (``max_body``), which
-            bounds uploads anyway.
+        max_file_bytes: the largest upload; default: the app's upload limit (``max_upload``),
+            which bounds uploads anyway.
+        push_to: a Hub user or organisation each succeeded job's model is pushed to, with its
+            model card (``HF_ENDPOINT``, ``HF_TOKEN`` from the environment); None: never.
 
     Returns:
         The service, started when the app starts (or by its first request).
@@ -53,7 +55,8 @@ def attach(app: FastAPI, *, data: str | Path | None = None, concurrency: int = 1
     context = app.state.context
     service = JobService(context.pool, context.base_name, api_key=context.api_key, data=data,
                          concurrency=concurrency, training=training,
-                         max_file_bytes=max_file_bytes or context.max_body)
+                         max_file_bytes=max_file_bytes or getattr(app.state, "max_upload", context.max_body),
+                         push_to=push_to)
     app.state.jobs = service
     context.extra_models = lambda: app.state.jobs.visible_models()
     if not getattr(app.state, "jobs_attached", False):
