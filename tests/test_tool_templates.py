@@ -531,6 +531,8 @@ def test_run_records_the_tool_format_and_exports_carry_the_template(tool_run, tm
 
     record = json.loads((tool_run.output_dir / "tunekit.json").read_text())
     assert record["template"]["name"] == "chatml" and record["template"]["tools"] == "hermes"
+    # The schemas travel with the run (the Space and the card offer them without the data file).
+    assert record["data"]["tools"] == TOOLS and tool_run.run.data.tools == TOOLS
     card = (tool_run.output_dir / "README.md").read_text()
     assert "## Tool calling" in card and "**hermes** format" in card
     assert "model.chat(\"What is the weather in Paris?\", tools=tools)" in card

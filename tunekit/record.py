@@ -197,6 +197,8 @@ class DataInfo(_Record):
         skipped: rows dropped with ``on_bad_rows="skip"``.
         hub_dataset: the Hub data set id when the data came from the Hub.
         train_tokens / trained_tokens: tokens per epoch, and those that carry loss.
+        tools: the function schemas the training rows offered, each once (None: no tools), so
+            the Space and the card offer them after the data file is gone or on another machine.
     """
 
     source: str | None = None
@@ -208,6 +210,7 @@ class DataInfo(_Record):
     hub_dataset: str | None = None
     train_tokens: int | None = None
     trained_tokens: int | None = None
+    tools: list[dict] | None = field(default=None, metadata={"omit_none": True})  # 0.1.0 runs have none
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

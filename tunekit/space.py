@@ -185,8 +185,9 @@ def _tool_style(run: RunInfo) -> str | None:
 
 def trained_tools(run: RunInfo, limit: int = MAX_TOOLS) -> list[dict]:
     """The function schemas a run's training rows offered, each function once (first
-    definition wins), in the order first seen; empty when the run was not trained with tools
-    or its data is no longer where it was.
+    definition wins), in the order first seen: as ``tunekit.json`` recorded them, else re-read
+    from the training data (runs from before the record held them); empty when the run was not
+    trained with tools or its data is no longer where it was.
 
     Args:
         run: the fine-tune's record (``tunekit.json``).
@@ -194,6 +195,8 @@ def trained_tools(run: RunInfo, limit: int = MAX_TOOLS) -> list[dict]:
     """
     from . import data
 
+    if run.data and run.data.tools:  # recorded at training time (tunekit >= 0.2)
+        return list(run.data.tools)[:limit]
     source = run.data.source if run.data else None
     if not source or not Path(str(source)).exists():
         return []
@@ -202,13 +205,7 @@ def trained_tools(run: RunInfo, limit: int = MAX_TOOLS) -> list[dict]:
     except Exception as e:  # a nicety: a changed file must not stop a push
         log.info("could not re-read the tools of %s: %s", source, e)
         return []
-    seen: dict[str, dict] = {}
-    for row in rows:
-        for tool in row.get("tools") or []:
-            name = (tool.get("function") or {}).get("name")
-            if name and name not in seen:
-                seen[name] = tool
-    return list(seen.values())[:limit]
+    return data.tools.distinct_tools(rows, limit)
 
 
 def _held_out_rows(run: RunInfo) -> list[dict]:

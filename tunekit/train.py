@@ -19,6 +19,7 @@ from typing import Any
 
 from . import card, checkpoints, data as data_module, methods, models, templates
 from .plan import Plan, build as build_plan
+from .data.tools import distinct_tools
 from .errors import ConfigError, DataError, TrainingError
 from .folders import check_new, check_resumable, fresh_dir, make_dir, run_name
 from .options import Options, renamed
@@ -27,6 +28,7 @@ from .record import RUN_FILE, DataInfo, Metrics, RunInfo, TemplateInfo
 
 log = logging.getLogger(__name__)
 
+MAX_RECORDED_TOOLS = 32  # tunekit.json keeps the schemas a run offered, for its demo and card
 CHECKPOINTS = "checkpoints"  # the Trainer's folder inside the run: a run under way
 
 _DATA_ALIASES = {"data_source": "data"}  # renamed in 0.2: one name for the data everywhere
@@ -454,11 +456,11 @@ def build_trainer(model, peft_config, prepared: PreparedData, run_plan: Plan, ou
     from datasets import Dataset
     from trl import SFTConfig
 
-    from .trainer import Trainer
+    from .trainer import LOG_FILE, LogLines, Trainer
 
     opts = run_plan.options
     has_eval = len(prepared.eval_enc) > 0
-    callbacks = _callbacks(opts, has_eval)
+    callbacks = [*_callbacks(opts, has_eval), LogLines(out / LOG_FILE)]
     if run_plan.objective != "sft":
         return build_preference_trainer(model, peft_config, prepared, run_plan, out, callbacks)
     config = SFTConfig(**{**sft_arguments(run_plan, out, has_eval=has_eval), **(opts.training_args or {})})
@@ -673,6 +675,7 @@ def run_record(prepared: PreparedData, run_plan: Plan, *, adapter: bool) -> RunI
             train_rows=len(prepared.train_enc), eval_rows=len(prepared.eval_enc),
             skipped=prepared.skipped_rows,
             hub_dataset=report.hub_dataset, train_tokens=tokens, trained_tokens=trained,
+            tools=distinct_tools(prepared.train_rows, MAX_RECORDED_TOOLS) or None,
         ),
         # Held-out prompts travel with the run, for the Space's examples and the card's snippet.
         example_prompts=_example_prompts(prepared.eval_rows or prepared.train_rows),

@@ -623,3 +623,24 @@ def tool_example(turns: list[Turn], row: dict, where: str, problems: Problems) -
     if parallel is not None:
         example["parallel_tool_calls"] = parallel
     return example
+
+
+def distinct_tools(rows: list[dict], limit: int | None = None) -> list[dict]:
+    """The function schemas a data set offers, each function once (first definition wins), in
+    the order first seen — what a run records so that its demo and card can offer the same tools
+    after the data file is gone.
+
+    Args:
+        rows: normalised examples (SFT, DPO or KTO), each with an optional ``tools`` list.
+        limit: the most functions to return (None: all).
+
+    Returns:
+        The schemas, as the rows hold them.
+    """
+    seen: dict[str, dict] = {}
+    for row in rows:
+        for tool in row.get("tools") or []:
+            name = (tool.get("function") or {}).get("name")
+            if name and name not in seen:
+                seen[name] = tool
+    return list(seen.values())[:limit]
