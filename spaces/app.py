@@ -188,12 +188,32 @@ def tool_turn(result, conversation: list[dict[str, Any]], tools: list[dict], **g
     yield [*conversation, reply.message]
 
 
+class PoolModel:
+    """One adapter of a shared :class:`tunekit.AdapterPool`, with the ``chat`` of a loaded run:
+    the UI calls it as it calls ``tunekit.load(...)``'s result. ``use_adapter=False`` answers
+    with the shared base alone."""
+
+    adapter = True
+
+    def __init__(self, pool, name: str):
+        self.pool, self.name = pool, name
+        self.base = pool.base
+
+    def chat(self, prompt, *, use_adapter: bool = True, **kwargs: Any):
+        return self.pool.chat(prompt, adapter=self.name if use_adapter else None, **kwargs)
+
+
 class Models:
     """The fine-tuned models this Space serves, loaded on first use (or by ``warm``).
 
-    Each adapter is opened with ``tunekit.load`` (Hub id or local folder); its base answers the
+    One adapter is opened with ``tunekit.load`` (Hub id or local folder); its base answers the
     "base" side of the comparison through ``use_adapter=False``. A full fine-tune has no separate
     base, so its base model is opened on its own when the comparison asks for it.
+
+    Several adapters (the picker) share one base in memory: a :class:`tunekit.AdapterPool` over
+    the config's ``base`` holds them (:class:`PoolModel`), rather than a base per adapter, and
+    answers concurrent visitors in shared batches. An entry the pool cannot take (a full
+    fine-tune, another base) is opened on its own as above.
 
     Args:
         config: what :func:`load_config` returned.
@@ -207,6 +227,12 @@ class Models:
         self.entries = {adapter_label(e): e for e in config["adapters"]}
         self._loaded: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.pool = None  # the shared base, in multi-adapter mode, once the first adapter loads
+
+    @property
+    def shares_base(self) -> bool:
+        """Whether the adapters share one pool (more than one adapter, and a base named)."""
+        return len(self.entries) > 1 and bool(self.config.get("base"))
 
     def get(self, label: str):
         with self._lock:
@@ -216,12 +242,26 @@ class Models:
                 entry = self.entries[label]
                 source = entry.get("path") or entry["repo_id"]
                 log.info("loading %s", source)
-                self._loaded[label] = tunekit.load(source, revision=entry.get("revision"), token=self.token)
+                self._loaded[label] = (self._pooled(label, entry, source) if self.shares_base else None) or \
+                    tunekit.load(source, revision=entry.get("revision"), token=self.token)
             return self._loaded[label]
+
+    def _pooled(self, label: str, entry: dict[str, Any], source: str) -> PoolModel | None:
+        import tunekit
+        from tunekit.errors import ModelError
+
+        if self.pool is None:
+            self.pool = tunekit.AdapterPool(self.config["base"], token=self.token)
+        try:
+            self.pool.add(source, name=label, revision=entry.get("revision"))
+        except ModelError as e:  # a full fine-tune, or another base: opened on its own
+            log.info("%s does not share the pool's base (%s); opening it alone", source, e)
+            return None
+        return PoolModel(self.pool, label)
 
     def base_of(self, label: str):
         result = self.get(label)
-        if result.adapter:
+        if result.adapter:  # a run's base under it, or the pool's shared base
             return result, {"use_adapter": False}
         key = f"base:{result.base}"
         with self._lock:

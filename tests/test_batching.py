@@ -4,7 +4,7 @@ adapter tiers (hot bounded by count and bytes, warm on disk, cold registered); D
 ``modules_to_save`` and trainable tokens beside plain LoRA.
 
 Every adapter is a real PEFT folder over the tiny random model (random non-zero LoRA weights, so
-each answers differently); "alone" is the one-at-a-time path (``pool.chat``: transformers'
+each answers differently); "alone" is the one-at-a-time path (``pool.using`` and transformers'
 ``generate`` with the adapter set), which the batched answers must equal token for token."""
 
 from __future__ import annotations
@@ -61,7 +61,11 @@ def pool(tiny_model_dir, lora_dirs):
 
 
 def alone(pool, prompt, adapter, n) -> str:
-    return pool.chat(prompt, adapter=adapter, max_new_tokens=n)
+    """The one-at-a-time answer: transformers' ``generate`` with the adapter set, holding the pool."""
+    from tunekit import chat as chatlib
+
+    with pool.using(adapter) as (model, tokenizer):
+        return chatlib.generate(model, tokenizer, chatlib.to_messages(prompt), max_new_tokens=n)
 
 
 def wait_idle(pool, timeout=30):
@@ -315,3 +319,38 @@ def test_removing_an_adapter_in_use_waits_for_its_requests(tiny_model_dir, lora_
             failed.result(timeout=60)
     finally:
         pool.close()
+
+
+def test_a_sliding_window_model_falls_back_to_one_at_a_time(smol_tokenizer_dir, tmp_path, caplog):
+    """The scheduler's left-padded cache is for full attention only: a model with sliding-window
+    layers is served one request at a time, by itself, over HTTP too, and the log says why."""
+    import logging
+
+    import openai
+    import torch
+    from server_fixtures import RunningApp
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from tunekit.server import create_app
+
+    tokenizer = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, use_sliding_window=True, sliding_window=16,
+                         max_window_layers=0, max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "swa")
+    tokenizer.save_pretrained(tmp_path / "swa")
+    pool = tunekit.AdapterPool(str(tmp_path / "swa"), device="cpu")
+    with caplog.at_level(logging.WARNING, logger="tunekit.serve"):
+        assert pool.batches is False
+    assert "serving one request at a time" in caplog.text and "DynamicSlidingWindowLayer" in caplog.text
+    assert isinstance(pool.chat("hi", max_new_tokens=3), str)
+    with pytest.raises(ConfigError, match="full attention"):
+        pool.submit("hi")
+    with RunningApp(create_app(pool, [], base_name="swa"), pool) as server:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="swa", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=3, temperature=0)
+        assert reply.usage.completion_tokens <= 3 and reply.choices[0].finish_reason in ("stop", "length")
+    assert pool.scheduler is None

@@ -171,6 +171,48 @@ def test_200_concurrent_requests_over_4_adapters_all_answer_like_each_alone(serv
     assert not wrong, wrong[:5]
     assert len(server.pool.adapters) <= 2
     assert elapsed < 150
+    # They went through the batching scheduler, sharing forwards.
+    assert server.pool.scheduler is not None and server.pool.scheduler.peak > 1
+
+
+def test_sampling_seed_usage_and_finish_reason_in_a_batch(server, adapters, alone):
+    client = server.client()
+    messages = [{"role": "user", "content": PROMPT}]
+
+    def ask(kwargs):
+        return client.chat.completions.create(model=adapters[2], messages=messages, **kwargs)
+
+    asks = [dict(max_tokens=24, temperature=1.0, seed=7), dict(max_tokens=24, temperature=1.0, seed=7),
+            dict(max_tokens=24, temperature=1.0, seed=8), dict(max_tokens=MAX_TOKENS, temperature=0),
+            dict(max_tokens=MAX_TOKENS, temperature=0.7, top_p=0), dict(max_tokens=3, temperature=0)]
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        a, b, c, greedy, top_p0, short = list(pool.map(ask, asks))
+    text = [r.choices[0].message.content for r in (a, b, c, greedy, top_p0)]
+    assert text[0] == text[1], "the same seed gives the same reply, in a batch with others"
+    assert text[0] != text[2] or text[0] != text[3]
+    assert text[3] == alone[adapters[2]]
+    assert text[4] == text[3], "top_p=0 keeps the most likely token alone: greedy"
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
+    assert short.usage.total_tokens == short.usage.prompt_tokens + 3 and short.usage.prompt_tokens > 5
+    assert greedy.usage.prompt_tokens == short.usage.prompt_tokens
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_row(server, adapters):
+    scheduler_steps = lambda: server.pool.scheduler.steps  # noqa: E731
+    client = server.client()
+    # 2,000 tokens: several seconds of decoding, far longer than the row may stay after the client left.
+    stream = client.chat.completions.create(model=adapters[1], messages=[{"role": "user", "content": PROMPT}],
+                                            stream=True, temperature=0, max_tokens=2000)
+    got = [next(iter(stream)) for _ in range(3)]
+    assert len(got) == 3 and server.pool.scheduler.active == 1
+    stream.close()
+    deadline = time.monotonic() + 2
+    while server.pool.scheduler.active:
+        assert time.monotonic() < deadline, "the disconnected request kept its row"
+        time.sleep(0.02)
+    before = scheduler_steps()
+    time.sleep(0.3)
+    assert scheduler_steps() == before, "the scheduler kept decoding for nobody"
 
 
 def test_pulling_an_adapter_does_not_stall_requests_to_others(hub, tiny_base, adapters, alone, monkeypatch):
@@ -325,3 +367,37 @@ def test_api_key_is_checked_before_the_body_and_errors_keep_openai_shape(server,
         assert r.status_code == 200, r.json()
         assert r.json()["choices"][0]["message"]["content"] == alone[adapters[0]]
         assert r.json()["choices"][0]["logprobs"] is None
+
+
+def test_local_folders_are_served_under_a_name_never_their_path(tiny_model_dir, tmp_path):
+    """Issue 17: `/v1/models` and the 404 text list a listed folder by its run's (folder's) name or
+    the name given as NAME=FOLDER; the path the operator gave still finds it, but no answer shows it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.server import create_app
+
+    folders = []
+    for i, name in enumerate(("notes-run", "orders")):
+        torch.manual_seed(100 + i)  # as the adapters fixture: these answer differently
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                         init_lora_weights=False)).save_pretrained(tmp_path / "runs" / name)
+        cfg = tmp_path / "runs" / name / "adapter_config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": str(tiny_model_dir)}))
+        folders.append(tmp_path / "runs" / name)
+    pool = tunekit.AdapterPool(str(tiny_model_dir), device="cpu")
+    with RunningApp(create_app(pool, [str(folders[0]), f"support={folders[1]}"], base_name="tiny"), pool) as server:
+        client = server.client()
+        assert [m.id for m in client.models.list()] == ["tiny", "notes-run", "support"]
+        ask = dict(messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS, temperature=0)
+        by_name = client.chat.completions.create(model="notes-run", **ask).choices[0].message.content
+        assert client.chat.completions.create(model=str(folders[0]), **ask).choices[0].message.content == by_name
+        assert client.chat.completions.create(model="support", **ask).choices[0].message.content != by_name
+        with pytest.raises(openai.NotFoundError) as e:
+            client.chat.completions.create(model="nope", **ask)
+        shown = e.value.response.text + httpx.get(f"{server.url}/models", timeout=10).text
+        assert "notes-run" in shown and "support" in shown
+        assert str(tmp_path) not in shown and "runs/" not in shown, shown
+    pool.close()

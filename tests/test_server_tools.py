@@ -23,13 +23,17 @@ from tunekit.templates import tools as toolfmt
 
 openai = pytest.importorskip("openai")
 
-@pytest.fixture(scope="module")
-def server(controlled):
+@pytest.fixture(scope="module", params=[True, False], ids=["batched", "one-at-a-time"])
+def server(controlled, request):
+    """The server over the batching scheduler, and over the one-at-a-time path: the same answers."""
     from tunekit.server import create_app
 
-    pool = tunekit.AdapterPool(str(controlled), device="cpu")
+    pool = tunekit.AdapterPool(str(controlled), device="cpu", batching=request.param)
     with RunningApp(create_app(pool, []), pool) as running:
         yield running
+    if not request.param:
+        assert pool.scheduler is None, "a request was batched on the one-at-a-time path"
+    pool.close()
 
 
 def ask(server, messages, **kwargs):
@@ -99,11 +103,20 @@ def test_server_returns_tool_calls_in_openai_shape(server):
 
 def test_tool_choice_prefills_a_call(server):
     named = ask(server, TEXT, tool_choice={"type": "function", "function": {"name": "get_weather"}}).choices[0]
-    assert named.finish_reason == "tool_calls"
+    assert named.finish_reason == "stop"  # as OpenAI answers a named tool_choice
     assert [(c.function.name, json.loads(c.function.arguments)) for c in named.message.tool_calls] == [
         ("get_weather", {"city": "Rome"})]
-    required = ask(server, TEXT, tool_choice="required").choices[0].message.tool_calls
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in required] == [("get_time", {"zone": "CET"})]
+    required = ask(server, TEXT, tool_choice="required").choices[0]
+    assert required.finish_reason == "tool_calls"
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in required.message.tool_calls] == [
+        ("get_time", {"zone": "CET"})]
+    chunks = list(server.client().chat.completions.create(
+        model=server.client().models.list().data[0].id, messages=TEXT, tools=TOOLS, temperature=0, max_tokens=64,
+        stream=True, tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    deltas = [d for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []]
+    assert deltas[0].function.name == "get_weather"
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Rome"}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     # "none": the tools are not offered and the reply is read as text.
     none = ask(server, CALL, tool_choice="none").choices[0]
     assert none.message.tool_calls is None and none.finish_reason in ("stop", "length")
@@ -197,6 +210,10 @@ def test_unparsable_output_is_content_never_a_500(tiny_model_dir):
     ({"messages": [*CALL, {"role": "assistant", "content": None, "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{not json"}}]}]}, "messages"),
     ({"messages": [{"role": "assistant", "content": None}]}, "messages[0].content"),
+    # OpenAI's deprecated function calling, as the client still sends it: refused, never ignored.
+    ({"tools": None, "functions": [WEATHER["function"]]}, "functions"),
+    ({"tools": None, "functions": [WEATHER["function"]], "function_call": "auto"}, "functions"),
+    ({"function_call": {"name": "get_weather"}}, "function_call"),
 ])
 def test_tool_request_errors_are_400_in_openai_shape(server, change, param):
     client = server.client()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from hub_fixtures import free_port, hub  # noqa: F401  (fixture)
+from tool_fixtures import controlled  # noqa: F401  (fixture)
 
 import tunekit
 from tunekit import data as datalib
@@ -34,6 +35,7 @@ SPACE = "alice/adder-lora-demo"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT_DOC = REPO / "docs" / "space.png"
+TOOLS_SCREENSHOT_DOC = REPO / "docs" / "space-tools.png"
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +218,52 @@ def test_the_space_module_does_not_import_the_result():
 
 
 # -- the app, in a browser -----------------------------------------------------------------------
+def test_several_adapters_share_one_base_in_the_pool(hub, pushed, monkeypatch):
+    """The multi-adapter Space holds one base (an AdapterPool), not a base per adapter, and
+    answers in the real Gradio app as each adapter alone does."""
+    from gradio_client import Client
+
+    app = space.load_app()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with hub.client():
+        config = space.space_config(ADAPTER, adapters=[SECOND])
+        prompt, empty = "What is 3 plus 3?", "(the model stopped without generating text)"
+        tuned = tunekit.load(ADAPTER)
+        # (the tiny one-epoch fine-tune may end its greedy answer at once: the app says so)
+        alone = {repo: tunekit.load(repo).chat(prompt, max_new_tokens=6) or empty for repo in (ADAPTER, SECOND)}
+        # The comparison tab shows the streamed pieces as they came.
+        base_alone = "".join(tuned.chat(prompt, max_new_tokens=6, use_adapter=False, stream=True)) or "(no text)"
+        second_alone = "".join(tunekit.load(SECOND).chat(prompt, max_new_tokens=6, stream=True)) or "(no text)"
+        models = app.Models(config)
+
+        def no_second_base(*args, **kwargs):
+            raise AssertionError("a second copy of the base was loaded")
+
+        monkeypatch.setattr(tunekit, "load", no_second_base)
+        demo = app.build_demo(config, models)
+        demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                            quiet=True)
+        try:
+            client = Client(demo.local_url, verbose=False)
+            endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+            chat_api = next(name for name in endpoints if "respond" in name or name == "/chat")
+            compare_api = next(name for name in endpoints if "compare" in name)
+            for label in (ADAPTER, SECOND):
+                got = client.predict(prompt, label, "", 6, 0, 1, api_name=chat_api)
+                assert got == alone[label], (label, got)
+            base_text, tuned_text = client.predict(prompt, SECOND, "", 6, 0, 1, api_name=compare_api)
+            assert (base_text, tuned_text) == (base_alone, second_alone)
+            # Sampled, both adapters write text through the shared pool.
+            for label in (ADAPTER, SECOND):
+                sampled = client.predict(prompt, label, "", 12, 1, 1, api_name=chat_api)
+                assert sampled and sampled != empty, (label, sampled)
+        finally:
+            demo.close()
+    assert isinstance(models.pool, tunekit.AdapterPool)
+    assert sorted(models.pool.adapters) == sorted([ADAPTER, SECOND])
+    assert models.pool.scheduler is not None and models.pool.scheduler.steps > 0  # batched, not one by one
+
+
 @pytest.fixture
 def running_space(hub, pushed, tmp_path):
     """``tunekit space run ADAPTER --adapter SECOND`` as a subprocess talking to the hub server."""
@@ -355,7 +403,127 @@ def test_space_in_a_browser(running_space, browser, tmp_path):
     shot = tmp_path / "space-compare.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
-    if not SCREENSHOT_DOC.exists():  # the README's picture, taken once; delete it to retake
-        SCREENSHOT_DOC.parent.mkdir(exist_ok=True)
-        shutil.copy(shot, SCREENSHOT_DOC)
+    # (the README's pictures come from real fine-tunes: docs/make_screenshots.py, tested below)
     assert not external, f"the page tried to reach the internet: {external}"
+
+
+# -- tool calling (issue 18) ---------------------------------------------------------------------
+def test_space_config_offers_the_tools_the_run_trained_with(tmp_path):
+    from tool_fixtures import TIME, WEATHER
+
+    from tunekit.record import DataInfo, RunInfo, TemplateInfo
+
+    rows = tmp_path / "tools.jsonl"
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    lines = [{"tools": [WEATHER], "messages": [
+        {"role": "user", "content": f"Weather in city {i}?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "18 C"}, {"role": "assistant", "content": "18 C."}]}
+             for i in range(3)]
+    lines.append({"tools": [TIME, WEATHER], "messages": [{"role": "user", "content": "Hi"},
+                                                         {"role": "assistant", "content": "Hello."}]})
+    rows.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    folder = tmp_path / "run"
+    folder.mkdir()
+    RunInfo(base="someone/base", method="lora", adapter=True, template=TemplateInfo(name="chatml", tools="hermes"),
+            data=DataInfo(source=str(rows), format="openai", train_rows=4)).save(folder)
+    config = space.space_config(folder, repo_id="alice/t", endpoint="http://hub.test")
+    # Each function once, in the order first seen.
+    assert config["tools"] == [WEATHER, TIME] and config["tool_style"] == "hermes"
+    assert space.space_config(folder, repo_id="alice/t", endpoint="http://hub.test", tools=[])["tools"] == []
+    (folder / "tunekit.json").unlink()
+    RunInfo(base="someone/base", method="lora", adapter=True).save(folder)
+    assert space.space_config(folder, repo_id="alice/t", endpoint="http://hub.test")["tools"] == []
+
+
+def test_the_app_shows_calls_and_sends_a_pasted_result_back(controlled):
+    from tool_fixtures import CALL, TOOLS
+
+    app = space.load_app()
+    config = {"title": "tools demo", "base": "tiny", "tools": TOOLS,
+              "adapters": [{"path": str(controlled), "label": "tools", "method": "full"}]}
+    models = app.Models(config)
+    result = models.get("tools")
+    turns = list(app.tool_turn(result, CALL, TOOLS, max_new_tokens=64))
+    conversation = turns[-1]
+    (call,) = conversation[-1]["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    view = app.chat_view(conversation)
+    assert view[-1]["metadata"]["title"] == 'Called get_weather({"city": "Paris"})'
+    assert '"city": "Paris"' in view[-1]["content"]
+    assert app.pending_calls(conversation) == [call]
+    answered = app.add_tool_result(conversation, ' {"temperature": 18} ')
+    assert answered[-1] == {"role": "tool", "tool_call_id": call["id"], "name": "get_weather",
+                            "content": '{"temperature": 18}'}
+    assert app.pending_calls(answered) == []
+    assert "**Result of get_weather:**" in app.chat_view(answered)[-1]["content"]
+    # The result goes back to the model as a tool message; it answers with a new turn.
+    after = list(app.tool_turn(result, answered, TOOLS, max_new_tokens=4))[-1]
+    assert after[:-1] == answered and after[-1]["role"] == "assistant"
+    with pytest.raises(Exception, match="No tool call is waiting"):
+        app.add_tool_result(CALL, "18")
+    # The demo has the tab only when the config offers tools.
+    demo = app.build_demo(config, models)
+    ids = {c.get("props", {}).get("elem_id") for c in demo.config["components"]}
+    assert {"tool-chatbot", "tool-result", "tool-result-send"} <= ids
+    plain = app.build_demo({**config, "tools": []}, models)
+    assert "tool-chatbot" not in {c.get("props", {}).get("elem_id") for c in plain.config["components"]}
+
+
+# -- the README's screenshots (issue 18) ---------------------------------------------------------
+def test_the_readme_screenshots_come_from_the_real_fine_tunes():
+    """docs/space.png (the quickstart's show-notes adapter, base vs fine-tuned) and
+    docs/space-tools.png (the tool-calling adapter of examples/tools.py, a call) are taken by
+    docs/make_screenshots.py, which trains them and marks each PNG with its adapter; the browser
+    test's tiny random model must not end up there again."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_screenshots", REPO / "docs" / "make_screenshots.py")
+    shots = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shots)
+    for path, adapter, tab in ((SCREENSHOT_DOC, shots.SHOWNOTES_ID, "compare tab"),
+                               (TOOLS_SCREENSHOT_DOC, shots.TOOLS_ID, "tool calls tab")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+        assert path.stat().st_size > 20_000, path
+        mark = shots.png_text(path).get(shots.PNG_KEY, "")
+        assert adapter in mark and tab in mark, (path, mark)
+    readme = (REPO / "README.md").read_text()
+    assert "docs/space.png" in readme and "docs/space-tools.png" in readme
+
+
+@pytest.mark.browser
+def test_tool_calls_in_a_browser(controlled, browser, tmp_path):
+    from tool_fixtures import TOOLS
+
+    server = space.run_space(str(controlled), port=free_port(), tools=TOOLS)
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 880})
+        page.goto(server.url, wait_until="load")
+        page.wait_for_selector("#tool-input textarea", timeout=60_000)  # the first tab when tools are offered
+        assert "get_weather" in page.locator("#tool-list").inner_text()
+        page.locator("#tool-input textarea").fill("What is the weather in Paris?")
+        page.locator("#tool-send").click()
+        chat_text = "() => document.querySelector('#tool-chatbot').innerText"
+        page.wait_for_function(f"() => ({chat_text})().includes('Called get_weather')", timeout=90_000)
+        assert 'get_weather({"city": "Paris"})' in page.locator("#tool-chatbot").inner_text()
+        page.locator("#tool-result textarea").fill('{"temperature": 18}')
+        page.locator("#tool-result-send").click()
+        page.wait_for_function(f"() => ({chat_text})().includes('Result of get_weather')", timeout=90_000)
+        assert '{"temperature": 18}' in page.locator("#tool-chatbot").inner_text()
+        page.screenshot(path=str(tmp_path / "space-tools.png"), full_page=True)
+    finally:
+        server.close()
+
+
+def test_a_runs_recorded_tools_reach_the_space_without_its_data_file(tmp_path):
+    # A pulled run names a data file that is not on this machine: the schemas recorded at
+    # training time are what the demo offers (before, the Tool calls tab vanished).
+    from tunekit.record import DataInfo, RunInfo
+    from tunekit.space import trained_tools
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    run = RunInfo(base="b", method="lora", adapter=True,
+                  data=DataInfo(source=str(tmp_path / "gone.jsonl"), tools=[tool]))
+    assert trained_tools(run) == [tool]
+    assert trained_tools(RunInfo(base="b", method="lora", adapter=True,
+                                 data=DataInfo(source=str(tmp_path / "gone.jsonl")))) == []

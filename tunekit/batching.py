@@ -95,6 +95,7 @@ class Completion:
         completion_tokens: ``len(token_ids)``.
         finish_reason: ``"stop"`` (end of turn or a stop string), ``"length"`` (max_tokens or
             the context ran out) or ``"cancelled"`` (the handle was cancelled).
+        tool_calls: with tools, the calls read from the reply (``text`` is then its content).
     """
 
     text: str
@@ -102,6 +103,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    tool_calls: list[chatlib.ToolCall] = field(default_factory=list)
 
 
 class Handle:
@@ -123,6 +125,15 @@ class Handle:
     def prompt_tokens(self) -> int | None:
         """The prompt's length once it is encoded (None before)."""
         return self._request.prompt_tokens
+
+    @property
+    def plan(self) -> chatlib.ToolPlan | None:
+        """How a request with tools is rendered and read (:func:`tunekit.chat.plan_tools`); None
+        for a plain chat. Waits until the request is prepared. With a plan the pieces are the raw
+        reply after the plan's prefill, special tokens kept (a call marker may be one): read them
+        through :class:`tunekit.chat.ContentFilter` or :class:`tunekit.chat.ReplyStream`."""
+        self._request.staged.wait()
+        return self._request.plan
 
     def __iter__(self) -> Iterator[str]:
         if self._completion is not None or self._error is not None:
@@ -177,8 +188,14 @@ class _Request:
     adapter: str | None
     sampling: Sampling
     tools: list[dict] | None
+    tool_choice: str | dict | None = "auto"
+    parallel_tool_calls: bool = True
     events: queue.Queue = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    staged: threading.Event = field(default_factory=threading.Event)
+    plan: chatlib.ToolPlan | None = None
+    hidden: frozenset[int] = frozenset()  # ids a tool reply's text leaves out (end of turn, padding)
+    closed: Any = None  # a named tool_choice's stopping criterion: the arguments' object is complete
     tokenizer: Any = None
     prompt_ids: list[int] | None = None
     prompt_tokens: int | None = None
@@ -232,26 +249,32 @@ class Scheduler:
         self._closed = False
         self._loader = ThreadPoolExecutor(max_workers=loaders, thread_name_prefix="tunekit-stage")
         self.steps = 0  # decoding steps taken (every lane counts once per step)
+        self.peak = 0  # the most rows decoded together so far
         self._thread = threading.Thread(target=self._run, name="tunekit-batch", daemon=True)
         self._thread.start()
 
     # -- the callers' side ---------------------------------------------------------------------
     def submit(self, messages: list[dict[str, Any]], *, adapter: str | None = None,
-               sampling: Sampling | None = None, tools: list[dict] | None = None) -> Handle:
+               sampling: Sampling | None = None, tools: list[dict] | None = None,
+               tool_choice: str | dict | None = "auto", parallel_tool_calls: bool = True) -> Handle:
         """Queue a request; it joins the running batch at the next step once it is prepared.
 
         Args:
-            messages: the conversation (``{"role", "content"}`` dicts).
+            messages: the conversation (normalised by :func:`tunekit.chat.to_messages`).
             adapter: the adapter's name in the pool; None for the base alone.
             sampling: how to decode; default greedy, 256 tokens.
-            tools: tool definitions passed to the chat template.
+            tools: OpenAI function schemas: the prompt is rendered and the reply read through
+                :func:`tunekit.chat.plan_tools` (as ``pool.chat(tools=…)`` does), a
+                ``tool_choice`` other than ``"auto"`` prefilling the start of a call.
+            tool_choice, parallel_tool_calls: as for :func:`tunekit.chat.plan_tools`.
 
         Returns:
             A :class:`Handle`.
         """
         if self._closed:
             raise ConfigError("the scheduler is closed")
-        request = _Request(next(self._ids), messages, adapter, sampling or Sampling(), tools)
+        request = _Request(next(self._ids), messages, adapter, sampling or Sampling(), tools, tool_choice,
+                           parallel_tool_calls)
         self._loader.submit(self._stage, request)
         return Handle(request, self)
 
@@ -281,9 +304,18 @@ class Scheduler:
     def _stage(self, request: _Request) -> None:
         try:
             tokenizer = self.pool.tokenizer_for(request.adapter)  # downloads a cold adapter here
-            kwargs = {"tools": request.tools} if request.tools else {}
-            ids = chatlib.encode_prompt(tokenizer, request.messages, "cpu", **kwargs)["input_ids"][0].tolist()
+            plan = None
+            if request.tools is not None:
+                # The same steps as the one-at-a-time path: the template (or its family's fallback)
+                # with tools, the prefill of a forced call, and the reply read in its format.
+                plan = chatlib.plan_tools(tokenizer, request.tools, tool_choice=request.tool_choice,
+                                          parallel_tool_calls=request.parallel_tool_calls)
+                request.hidden = frozenset(chatlib.stop_ids(tokenizer))
+            ids = chatlib.encode_prompt(tokenizer, request.messages, "cpu", plan=plan)["input_ids"][0].tolist()
             request.tokenizer, request.prompt_ids, request.prompt_tokens = tokenizer, ids, len(ids)
+            request.plan = plan
+            if plan is not None:
+                request.closed = chatlib.arguments_closed(tokenizer, len(ids), plan)
             eos = tokenizer.eos_token_id
             request.eos = frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
             if request.sampling.seed is not None:
@@ -291,8 +323,10 @@ class Scheduler:
 
                 request.generator = torch.Generator(device=self.pool.model.device).manual_seed(request.sampling.seed)
         except BaseException as e:  # the caller sees it from the handle
+            request.staged.set()
             request.events.put(("error", e))
             return
+        request.staged.set()
         with self._cond:
             if self._closed:
                 request.events.put(("error", ConfigError("the scheduler was closed")))
@@ -428,6 +462,7 @@ class Scheduler:
         lane.mask = torch.cat([lane.mask, torch.ones_like(lane.mask[:, :1])], dim=1)
         logits = self._forward(lane, [r.slot for r in lane.rows], lane.cache, input_ids=ids,
                                attention_mask=lane.mask, position_ids=lane.pos.unsqueeze(1))
+        self.peak = max(self.peak, self.active)
         lane.pos = lane.pos + 1
         lane.pending = [self._advance(r, _pick(logits[i], r)) for i, r in enumerate(lane.rows)]
         self.steps += 1
@@ -470,8 +505,14 @@ class Scheduler:
         s = request.sampling
         request.generated.append(token)
         tokenizer = request.tokenizer
-        text = tokenizer.decode(request.generated, skip_special_tokens=True)
+        if request.plan is None:
+            text = tokenizer.decode(request.generated, skip_special_tokens=True)
+        else:  # special tokens kept: a format's call marker may be one
+            kept = [i for i in request.generated if i not in request.hidden]
+            text = tokenizer.decode(kept, skip_special_tokens=False)
         reason = "stop" if token in request.eos else None
+        if reason is None and request.closed is not None and self._arguments_closed(request):
+            reason = "stop"  # a forced call is whole once its arguments' object closes
         if s.stop:
             start = max(0, request.emitted - max(len(x) for x in s.stop))
             hits = [i for i in (text.find(x, start) for x in s.stop) if i >= 0]
@@ -494,13 +535,23 @@ class Scheduler:
             self._finish(request, reason)
         return token
 
+    @staticmethod
+    def _arguments_closed(request: _Request) -> bool:
+        import torch
+
+        ids = torch.tensor([request.prompt_ids + request.generated])
+        return bool(request.closed(ids, None)[0])
+
     def _finish(self, request: _Request, reason: str) -> None:
         if request.finish is not None:
             return
         request.finish = reason
         ids = list(request.generated)
-        request.events.put(("done", Completion(request.text.strip(), ids, request.prompt_tokens or 0, len(ids),
-                                               reason)))
+        text, calls = request.text.strip(), []
+        if request.plan is not None:
+            reply = chatlib.reply_from_text(request.plan.prefix + request.text, request.plan)
+            text, calls = reply.content, reply.tool_calls
+        request.events.put(("done", Completion(text, ids, request.prompt_tokens or 0, len(ids), reason, calls)))
 
     def _release(self, request: _Request) -> None:
         if request.pinned:

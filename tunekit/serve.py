@@ -4,9 +4,11 @@ An adapter is a few MB; the base is hundreds of MB to hundreds of GB. :class:`Ad
 the base once and keeps adapters in three tiers: *hot* in memory beside the base (PEFT named
 adapters, bounded by ``max_loaded`` and ``max_bytes``, least recently used evicted first), *warm*
 on local disk (a folder, or the Hub cache once pulled), *cold* on the Hub (registered by name,
-pulled on first use). ``chat``/``using`` answer one request at a time; ``submit`` batches
-concurrent requests for different adapters into shared forwards (:mod:`tunekit.batching`). It
-is the engine under tunekit's OpenAI-compatible server.
+pulled on first use). ``submit`` (and ``chat``, which goes through it) batches concurrent
+requests for different adapters and the base into shared forwards (:mod:`tunekit.batching`);
+``using`` holds the model for one generation of the caller's own, one request at a time, as
+``chat`` does with ``batching=False`` or for a model the scheduler cannot run. It is the engine
+under tunekit's OpenAI-compatible server.
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ class _Current:
 class AdapterPool:
     """One base model in memory, many LoRA adapters over it, switched per request.
 
-    Thread-safe: generation and adapter (un)loading take one lock. ``chat``/``using`` hold it for
-    a whole generation (requests take turns); ``submit`` hands requests to a batching worker that
-    holds it one decoding step at a time, with every running request in that step. Downloading an
-    adapter happens outside the lock, so adding one never stalls requests for other adapters.
+    Thread-safe: generation and adapter (un)loading take one lock. ``submit`` and ``chat`` hand
+    requests to a batching worker that holds it one decoding step at a time, with every running
+    request in that step; ``using`` (and ``chat`` when the pool does not batch) holds it for a
+    whole generation, so those requests take turns. Downloading an adapter happens outside the
+    lock, so adding one never stalls requests for other adapters.
 
     Args:
         base: the shared base: Hub id, local folder, or None for the embedded SmolLM2-135M-Instruct.
@@ -84,6 +87,10 @@ class AdapterPool:
             by running batched requests are never evicted: a request for another adapter waits
             for room rather than pass the bound.
         max_batch: the most requests :meth:`submit` decodes together.
+        batching: False answers ``chat`` one request at a time (``transformers``' ``generate``
+            under the lock), the path before batching; the OpenAI server follows :attr:`batches`.
+            A model the scheduler cannot run (sliding-window or linear attention) falls back to
+            it by itself, with a warning in the log.
         device: "cpu" or "cuda"; default: cuda when available.
         token: Hub token for the base and for private adapter repos; default: ``HF_TOKEN`` or the
             saved login.
@@ -100,7 +107,7 @@ class AdapterPool:
 
     def __init__(self, base: str | None = None, *, max_loaded: int | None = None, max_bytes: int | str | None = None,
                  max_batch: int = 16, device: str | None = None, token: str | None = None,
-                 trust_remote_code: bool = False, auto_add: bool = True):
+                 trust_remote_code: bool = False, auto_add: bool = True, batching: bool = True):
         if max_loaded is not None and (isinstance(max_loaded, bool) or not isinstance(max_loaded, int)
                                        or max_loaded < 1):
             raise ConfigError(f"max_loaded must be a positive integer or None, got {max_loaded!r}")
@@ -114,6 +121,7 @@ class AdapterPool:
         self.max_bytes = max_bytes
         self.max_batch = max_batch
         self.auto_add = auto_add
+        self.batching = bool(batching)
         self._token = token
         self._base = models.resolve_base(base, token=token)
         self._where = placement(device)
@@ -379,7 +387,15 @@ class AdapterPool:
         Returns:
             The reply text, or an iterator over its pieces when ``stream=True``; with ``tools``
             a ``ChatReply`` (or ``ReplyStream``).
+
+        When the pool batches (:attr:`batches`) the request goes through :meth:`submit`, so it
+        shares forwards with the server's requests rather than taking the model for its whole
+        generation; greedy replies are the same either way.
         """
+        if self.batches:
+            return self._chat_batched(prompt, adapter=adapter, system=system, max_new_tokens=max_new_tokens,
+                                      temperature=temperature, top_p=top_p, stream=stream, tools=tools,
+                                      tool_choice=tool_choice)
         messages = chatlib.to_messages(prompt, system=system, tools=tools)
         entry = self._entry(adapter) if adapter is not None else None
         tokenizer = entry.tokenizer if entry is not None else self._tokenizer
@@ -390,6 +406,43 @@ class AdapterPool:
             return chatlib.stream(self._current, tokenizer, messages, lock=self._using(entry), **kwargs)
         with self._using(entry):
             return chatlib.generate(self._current, tokenizer, messages, **kwargs)
+
+    def _chat_batched(self, prompt, *, adapter, system, max_new_tokens, temperature, top_p, stream, tools,
+                      tool_choice):
+        if adapter is not None:
+            self._entry(adapter)  # an unknown name fails here, as in the one-at-a-time path
+        handle = self.submit(prompt, adapter=adapter, system=system, max_tokens=max_new_tokens,
+                             temperature=temperature, top_p=top_p, tools=tools,
+                             tool_choice=tool_choice if tools is not None else "auto")
+        if stream:
+            pieces = iter(handle)
+            plan = handle.plan
+            return pieces if plan is None else chatlib.ReplyStream(pieces, plan)
+        done = handle.result()
+        return done.text if tools is None else chatlib.ChatReply(done.text, done.tool_calls)
+
+    @property
+    def batches(self) -> bool:
+        """Whether requests are batched: ``batching`` is on and the scheduler can run this model
+        (it refuses sliding-window and linear attention; the pool then falls back to one request
+        at a time and logs why, once)."""
+        if not self.batching:
+            return False
+        try:
+            self._start_scheduler()
+        except ConfigError as e:
+            log.warning("serving one request at a time: %s", e)
+            self.batching = False
+            return False
+        return True
+
+    def _start_scheduler(self):
+        from .batching import Scheduler
+
+        with self._state:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self, max_batch=self.max_batch)
+            return self._scheduler
 
     def fetch(self, adapter: str) -> None:
         """Make sure an adapter's files are local and checked, downloading it when needed,
@@ -442,19 +495,25 @@ class AdapterPool:
     # -- batching ------------------------------------------------------------------------------
     def submit(self, prompt: str | list[dict[str, Any]], *, adapter: str | None = None, system: str | None = None,
                max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-               stop: list[str] | tuple[str, ...] | None = None, tools: list[dict] | None = None):
+               stop: list[str] | tuple[str, ...] | None = None, tools: list[dict] | None = None,
+               tool_choice: str | dict | None = "auto", parallel_tool_calls: bool = True):
         """Queue a request for the batching worker: it shares each forward with every other
         running request (other adapters and the base included) and joins or leaves the batch
         between decoding steps.
 
         Args:
-            prompt: a user message, or a list of ``{"role", "content"}`` messages.
+            prompt: a user message, or a list of messages (OpenAI's shapes, tool calls and
+                ``role: "tool"`` results included).
             adapter: the adapter's name; None for the base alone. A cold or evicted adapter is
                 pulled and loaded in the background while the batch keeps running.
             system: a system message to put first.
             max_tokens, temperature, top_p, seed, stop: this request's sampling
                 (:class:`tunekit.batching.Sampling`); greedy by default.
-            tools: tool definitions for the chat template.
+            tools: OpenAI function schemas, rendered and read as ``chat(tools=…)`` does
+                (:func:`tunekit.chat.plan_tools`); the completion then carries ``tool_calls``.
+            tool_choice: with tools: ``"auto"``, ``"none"``, ``"required"`` or a function's name
+                (prefilled, so a forced call works inside the batch too).
+            parallel_tool_calls: False reads at most one call.
 
         Returns:
             A :class:`tunekit.batching.Handle`: iterate it for text pieces as they come, or call
@@ -463,21 +522,20 @@ class AdapterPool:
 
         Raises:
             ConfigError: bad sampling settings, or a model the batching worker cannot run.
+            DataError: a tool message is malformed.
 
         Example:
             >>> handles = [pool.submit("Hi", adapter=name) for name in ("a", "b", None)]  # doctest: +SKIP
             >>> [h.result().text for h in handles]                                         # doctest: +SKIP
         """
-        from .batching import Sampling, Scheduler
+        from .batching import Sampling
 
         sampling = Sampling(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
                             stop=tuple(stop or ()))
-        messages = chatlib.to_messages(prompt, system=system)
-        with self._state:
-            if self._scheduler is None:
-                self._scheduler = Scheduler(self, max_batch=self.max_batch)
-            scheduler = self._scheduler
-        return scheduler.submit(messages, adapter=adapter, sampling=sampling, tools=tools)
+        messages = chatlib.to_messages(prompt, system=system, tools=tools)
+        scheduler = self._start_scheduler()
+        return scheduler.submit(messages, adapter=adapter, sampling=sampling, tools=tools, tool_choice=tool_choice,
+                                parallel_tool_calls=parallel_tool_calls)
 
     @property
     def scheduler(self):

@@ -4,6 +4,7 @@ fine-tune put to use outside tunekit. Thin: arguments in, the Python API called,
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..errors import ConfigError
 from .common import check_port, size
@@ -16,6 +17,11 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-loaded must be at least 1, got {args.max_loaded}")
     if args.max_body < 1:
         raise ConfigError(f"--max-body must be at least 1 byte, got {args.max_body}")
+    if args.max_upload < 1:
+        raise ConfigError(f"--max-upload must be at least 1 byte, got {args.max_upload}")
+    if args.push_to is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}", args.push_to):
+        raise ConfigError(f"--push-to {args.push_to!r}: give a Hub user or organisation name (letters, digits, "
+                          "'-', '_', '.'), e.g. --push-to my-org")
     from ..server import serve as serve_fn
     from ..server.vllm import parse_lora_module
 
@@ -42,9 +48,11 @@ def serve(args: argparse.Namespace) -> int:
     api_key = next(iter(keys)) if len(keys) == 1 and not args.api_keys_file else (keys or None)
     serve_fn(args.base, args.adapter or [], host=args.host, port=args.port, max_loaded=args.max_loaded,
              device=args.device, allow_any=args.allow_any, api_key=api_key, max_body=args.max_body,
-             data=args.data, jobs_concurrency=args.jobs_concurrency, ready=ready,
+             max_upload=args.max_upload, data=args.data, push_to=args.push_to,
+             jobs_concurrency=args.jobs_concurrency, ready=ready,
              lora_modules={m.name: m.path for m in modules}, allow_runtime_lora=args.allow_runtime_lora,
-             lora_root=args.lora_root, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+             lora_root=args.lora_root, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+             batching=not args.no_batching)
     return 0
 
 
@@ -68,7 +76,7 @@ def _print_vllm(args: argparse.Namespace, modules) -> int:
             except Exception:  # noqa: BLE001 - the Hub may be out of reach; the line is still printed
                 pass
     line, notes = command(args.base, adapters, folders=folders, host=args.host, port=args.port,
-                          max_loaded=args.max_loaded, api_key=bool(args.api_key))
+                          max_loaded=args.max_loaded, api_key=bool(args.api_key or args.api_keys_file))
     print(line)
     for note in notes:
         print(f"# {note}", file=sys.stderr)
@@ -104,7 +112,10 @@ def register(sub) -> None:
                     "The request's `model` picks the adapter; the base's own name answers with the base alone.")
     cmd.add_argument("--base", help="base model: Hub id or folder (default: the embedded SmolLM2-135M-Instruct)")
     cmd.add_argument("--adapter", action="append", metavar="ID",
-                     help="adapter Hub id (user/name) or folder to serve, pulled on first use (repeatable)")
+                     help="adapter Hub id (user/name), folder or NAME=FOLDER to serve, pulled on first use "
+                          "(repeatable); a folder is served under its name, never its path")
+    cmd.add_argument("--no-batching", action="store_true",
+                     help="answer one request at a time instead of batching concurrent ones into shared forwards")
     cmd.add_argument("--max-loaded", type=int, default=None, metavar="N",
                      help="adapters kept in memory at once; the least recently used is evicted (default: all)")
     cmd.add_argument("--host", default="127.0.0.1",
@@ -137,6 +148,12 @@ def register(sub) -> None:
     cmd.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     cmd.add_argument("--max-body", type=size, default="8MiB", metavar="SIZE",
                      help="largest request body, e.g. 8MiB or 500kB; larger ones get 413 (default: 8MiB)")
+    cmd.add_argument("--max-upload", type=size, default="512MiB", metavar="SIZE",
+                     help="largest file upload to /v1/files, spooled to disk as it arrives; larger ones get 413 "
+                          "(default: 512MiB)")
+    cmd.add_argument("--push-to", metavar="NAMESPACE",
+                     help="push each succeeded fine-tuning job's model, with its model card, to this Hub user or "
+                          "organisation (HF_ENDPOINT and HF_TOKEN from the environment; default: never push)")
     cmd.set_defaults(func=serve)
 
     cmd = sub.add_parser("merge", help="merge an adapter into its base: a plain transformers model folder")

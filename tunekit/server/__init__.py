@@ -3,17 +3,23 @@
 One base model in memory, many adapters beside it; the request's ``model`` picks the adapter
 (the base's own name answers with the base alone). It speaks the part of the OpenAI API that chat
 clients use: ``GET /v1/models``, ``GET /v1/models/{id}`` and ``POST /v1/chat/completions``, whole
-or streamed as server-sent events, with token usage and OpenAI's error shape
+or streamed as server-sent events, with tool calls, token usage and OpenAI's error shape
 (``{"error": {"message", "type", "param", "code"}}``), so the official ``openai`` client and tools
-built on it work unchanged (``base_url="http://host:port/v1"``).
+built on it work unchanged (``base_url="http://host:port/v1"``); the Files and Fine-tuning Jobs
+APIs; and vLLM's ``/v1/load_lora_adapter`` / ``/v1/unload_lora_adapter``.
 
-Requests share the model one generation at a time (the pool's lock); the web server stays
-responsive because generation runs in worker threads, and an adapter not yet in memory is
-downloaded before its request takes the model, so pulling one never stalls the others.
+Concurrent chat requests, for different adapters and the base, are batched into shared forwards
+by the pool's scheduler (:mod:`tunekit.batching`, through ``AdapterPool.submit``), joining and
+leaving between decoding steps; a pool made with ``batching=False``, or a model the scheduler
+refuses (sliding-window attention), answers one request at a time under the pool's lock. An
+adapter not yet in memory is downloaded before its request joins, so pulling one never stalls
+the others.
 
-Layout: ``app`` (the app and ``serve``), ``context`` (the state), ``schemas`` (pydantic request
-and response models), ``errors``, ``routes_models``, ``routes_chat``, ``generation`` (the model
-side) and ``streaming`` (server-sent events).
+Layout: ``app`` (the app and ``serve``), ``context`` (the state), ``schemas`` and
+``schemas_jobs`` (pydantic request and response models), ``errors``, ``routes_models``,
+``routes_chat``, ``generation`` (the model side: batched or one at a time), ``streaming``
+(server-sent events), ``routes_files`` and ``routes_jobs`` (Files and Fine-tuning Jobs),
+``routes_lora`` and ``vllm`` (vLLM-compatible adapter management).
 
 Example:
     >>> from tunekit.server import serve

@@ -32,35 +32,70 @@ async def _check_key(request: Request, call_next):
     return await call_next(request)
 
 
+# The routes whose bodies are uploads, bounded by ``max_upload`` rather than ``max_body``.
+UPLOAD_ROUTES = (("POST", "/v1/files"),)
+DEFAULT_MAX_UPLOAD = 512 * 2**20
+
+
 class _BodyLimit:
-    """Refuses bodies over ``limit`` bytes with 413: at once when ``Content-Length`` says so,
-    else as soon as the chunks read so far pass it, so no more than ``limit`` is ever held.
+    """Refuses bodies over the route's limit with 413: at once when ``Content-Length`` says so,
+    else as soon as the chunks read so far pass it, so no more than the limit is ever read.
 
     A plain ASGI middleware rather than a route check, so it bounds every route, those that
-    read their body themselves (chat) included.
+    read their body themselves (chat) included. Uploads (:data:`UPLOAD_ROUTES`) get their own,
+    larger limit: their multipart body is spooled to disk by the form parser, never held whole,
+    while a chat body is parsed in memory.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, upload_limit: int | None = None):
         self.app, self.limit = app, limit
+        self.upload_limit = upload_limit or limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        upload = (scope.get("method"), scope.get("path", "").rstrip("/")) in UPLOAD_ROUTES
+        limit, flag = (self.upload_limit, "--max-upload") if upload else (self.limit, "--max-body")
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await too_large(self.limit).response()(scope, receive, send)
-        received = 0
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await _too_large(limit, flag).response()(scope, receive, send)
+        received, exceeded, started = 0, False, False
 
         async def bounded():
-            nonlocal received
+            nonlocal received, exceeded
+            if exceeded:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise too_large(self.limit)  # answered by the app's APIError handler
+                if received > limit:
+                    exceeded = True
+                    raise _too_large(limit, flag)
             return message
 
-        return await self.app(scope, bounded, send)
+        async def answer(message):
+            # Whatever the app makes of a body cut short (the form parser says 400) is replaced
+            # by the 413 below.
+            nonlocal started
+            if not exceeded:
+                started = True
+                await send(message)
+
+        try:
+            await self.app(scope, bounded, answer)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await _too_large(limit, flag).response()(scope, receive, send)
+
+
+def _too_large(limit: int, flag: str) -> APIError:
+    """The 413, naming the flag that raises the limit."""
+    error = too_large(limit)
+    if flag != "--max-body":
+        error.message = error.message.replace("--max-body", flag)
+    return error
 
 
 async def _health(request: Request) -> dict:
@@ -69,8 +104,9 @@ async def _health(request: Request) -> dict:
 
 def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_any: bool = False,
                api_key: str | None = None, base_name: str | None = None,
-               max_body: int = DEFAULT_MAX_BODY, lora_modules: dict[str, str] | None = None,
-               allow_runtime_lora: bool = False, lora_root: str | None = None) -> FastAPI:
+               max_body: int = DEFAULT_MAX_BODY, max_upload: int = DEFAULT_MAX_UPLOAD,
+               lora_modules: dict[str, str] | None = None, allow_runtime_lora: bool = False,
+               lora_root: str | None = None) -> FastAPI:
     """The OpenAI-compatible API over one adapter pool, as an ASGI app.
 
     Args:
@@ -83,6 +119,8 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
         base_name: the model id that answers with the base alone; default: the pool's base name.
         max_body: the largest request body in bytes (default 8 MiB); a larger one gets 413
             before it is read, with or without ``api_key``.
+        max_upload: the largest ``POST /v1/files`` body in bytes (default 512 MiB), spooled to
+            disk as it arrives; a larger one gets 413 the same way.
         lora_modules: adapters under names of their own, ``{name: Hub id or folder}`` (vLLM's
             ``--lora-modules``).
         allow_runtime_lora: serve vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``.
@@ -92,7 +130,8 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
         A FastAPI app; run it with uvicorn, mount it in another app, or see :func:`serve`.
 
     Raises:
-        ConfigError: an adapter has the base's name, or ``max_body`` is not a positive integer.
+        ConfigError: an adapter has the base's name, or ``max_body`` or ``max_upload`` is not a
+            positive integer.
 
     Example:
         >>> app = create_app(tunekit.AdapterPool("alice/tiny-base"), ["alice/support-lora"])  # doctest: +SKIP
@@ -101,9 +140,12 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
     app.state.context = ServerContext(pool, adapters, allow_any=allow_any, api_key=api_key, base_name=base_name,
                                       max_body=max_body, lora_modules=lora_modules,
                                       allow_runtime_lora=allow_runtime_lora, lora_root=lora_root)
+    if isinstance(max_upload, bool) or not isinstance(max_upload, int) or max_upload < 1:
+        raise ConfigError(f"max_upload must be a positive number of bytes, got {max_upload!r}")
+    app.state.max_upload = max_upload  # the Files API's own limit (attach() reads it)
     add_handlers(app)
     # The last added runs first: the key is checked, then the body is bounded as it is read.
-    app.add_middleware(_BodyLimit, limit=max_body)
+    app.add_middleware(_BodyLimit, limit=max_body, upload_limit=max_upload)
     app.middleware("http")(_check_key)
     app.add_api_route("/health", _health, methods=["GET"])
     app.include_router(routes_models.router)
@@ -120,10 +162,11 @@ def create_app(pool: AdapterPool, adapters: list[str] | None = None, *, allow_an
 def serve(base: str | None = None, adapters: list[str] | None = None, *, host: str = "127.0.0.1", port: int = 8000,
           max_loaded: int | None = None, device: str | None = None, token: str | None = None,
           allow_any: bool = False, api_key: str | list[str] | dict[str, str] | None = None,
-          max_body: int = DEFAULT_MAX_BODY, data: str | None = None, jobs_concurrency: int = 1,
+          max_body: int = DEFAULT_MAX_BODY, max_upload: int = DEFAULT_MAX_UPLOAD, data: str | None = None,
+          jobs_concurrency: int = 1, push_to: str | None = None,
           lora_modules: dict[str, str] | None = None, allow_runtime_lora: bool = False,
           lora_root: str | None = None, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
-          ready: Callable[[str], None] | None = None) -> None:
+          ready: Callable[[str], None] | None = None, batching: bool = True) -> None:
     """Run the OpenAI-compatible server until interrupted.
 
     Args:
@@ -138,10 +181,13 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
         api_key: require ``Authorization: Bearer <api_key>`` on every request; several keys (a
             list, or a mapping of key to owner name) are separate tenants: each sees only its
             own files, fine-tuning jobs and fine-tuned models.
-        max_body: the largest request body in bytes (uploads included); larger ones get 413.
+        max_body: the largest request body in bytes (uploads aside); larger ones get 413.
+        max_upload: the largest file upload (``POST /v1/files``) in bytes; larger ones get 413.
         data: folder for the Fine-tuning Jobs API's files, jobs and runs (default
             ``$TUNEKIT_HOME/server``); queued and interrupted jobs carry on when it restarts.
         jobs_concurrency: fine-tuning jobs trained at once, each in its own process.
+        push_to: a Hub user or organisation: each succeeded job's model is pushed there with its
+            model card (endpoint and token from ``HF_ENDPOINT`` / ``HF_TOKEN``); None: never.
         lora_modules, allow_runtime_lora, lora_root: as for :func:`create_app`.
         ssl_certfile, ssl_keyfile: a PEM certificate (chain) and its key: speak HTTPS (uvicorn's TLS).
         ready: called with the base URL once the server accepts connections.
@@ -163,12 +209,13 @@ def serve(base: str | None = None, adapters: list[str] | None = None, *, host: s
     warning = exposure_warning(host, api_key=api_key, tls=tls)
     if warning:  # before the base loads, so it is seen at once
         log.warning("%s", warning)
-    pool = AdapterPool(base, max_loaded=max_loaded, device=device, token=token, auto_add=True)
-    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key, max_body=max_body,
+    # batching=False: one request at a time (AdapterPool's batching; the benchmark's baseline).
+    pool = AdapterPool(base, max_loaded=max_loaded, device=device, token=token, auto_add=True, batching=batching)
+    app = create_app(pool, adapters, allow_any=allow_any, api_key=api_key, max_body=max_body, max_upload=max_upload,
                      lora_modules=lora_modules, allow_runtime_lora=allow_runtime_lora, lora_root=lora_root)
     from .routes_jobs import attach
 
-    attach(app, data=data, concurrency=jobs_concurrency)
+    attach(app, data=data, concurrency=jobs_concurrency, push_to=push_to)
     # Bind before announcing the URL, so whoever reads it can connect at once (and port 0 works).
     sock = _bind(host, port)
     runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,

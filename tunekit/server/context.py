@@ -52,9 +52,14 @@ class ServerContext:
                  lora_modules: dict[str, str] | None = None, allow_runtime_lora: bool = False,
                  lora_root: str | Path | None = None):
         self.pool = pool
-        for name, source in (lora_modules or {}).items():
-            pool.register(source, name=name)
-        self.adapters = list(dict.fromkeys([*(adapters or []), *(lora_modules or {})]))
+        named = served_names(adapters or [])
+        for name, source in [*named.items(), *(lora_modules or {}).items()]:
+            if name != source:
+                pool.register(source, name=name)
+        self.adapters = list(dict.fromkeys([*named, *(lora_modules or {})]))
+        # A listed folder is still found by the path the operator gave (clients that knew it), but
+        # only its name is ever shown.
+        self._paths = {source: name for name, source in named.items() if name != source}
         self.allow_runtime_lora = allow_runtime_lora
         self.lora_root = Path(lora_root).expanduser().resolve() if lora_root is not None else None
         if self.lora_root is not None and not self.lora_root.is_dir():
@@ -87,13 +92,16 @@ class ServerContext:
         """
         if model == self.base_name:
             return None
+        if model in self._paths:
+            return self._paths[model]
         if self.is_listed(model) or (self.allow_any and is_hub_id(model, existing_path_wins=True)):
             return model
         raise self.unknown(model)
 
     def is_listed(self, model: str) -> bool:
         """Whether ``model`` was named when the server started (the base or a listed adapter)."""
-        return model == self.base_name or model in self.adapters or model in self.extra_models()
+        return (model == self.base_name or model in self.adapters or model in self._paths
+                or model in self.extra_models())
 
     def unknown(self, model: str) -> APIError:
         """The one answer for every model this server will not serve: a path, a name it does not
@@ -151,6 +159,29 @@ class ServerContext:
         given = (authorization or "").encode()
         # Constant-time, every key compared, so no key can be guessed from response times.
         return any([secrets.compare_digest(given, f"Bearer {key}".encode()) for key in keys])
+
+
+def served_names(adapters: list[str]) -> dict[str, str]:
+    """The model id each adapter named at start is served under, and where it comes from: a Hub
+    id as it is; ``name=path`` under ``name``; a local folder under its folder's name (the run's
+    name; ``-2``, ``-3``… when two share one), so no local path ever reaches a client (issue 17).
+    """
+    out: dict[str, str] = {}
+    for item in adapters:
+        text = str(item)
+        name, sep, path = text.partition("=")
+        if sep and name and "/" not in name and not Path(text).expanduser().exists():
+            out[name] = path
+        elif is_hub_id(text, existing_path_wins=True):
+            out[text] = text
+        else:
+            stem = Path(text).expanduser().resolve().name or "adapter"
+            name, n = stem, 1
+            while name in out:
+                n += 1
+                name = f"{stem}-{n}"
+            out[name] = text
+    return out
 
 
 def _public(name: str) -> str:

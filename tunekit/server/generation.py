@@ -2,6 +2,11 @@
 reason and tool calls OpenAI's answers carry. Blocking: the web layer runs these in worker
 threads.
 
+When the pool batches (:attr:`tunekit.serve.AdapterPool.batches`) a request goes through
+``pool.submit``: concurrent requests, for any adapter or the base, share each forward. Otherwise
+(``batching=False``, or a model the scheduler refuses) it takes the model for its whole
+generation (``pool.using`` and transformers' ``generate``), one request at a time.
+
 A request with ``tools`` is rendered and read through :func:`tunekit.chat.plan_tools` (the same
 template and tool format as training): its reply's calls come back parsed, a streamed reply
 holds call syntax back from its text pieces, and ``tool_choice`` other than ``"auto"`` prefills
@@ -42,6 +47,7 @@ class StreamState:
     finish_reason: str = "stop"
     error: BaseException | None = None
     tool_calls: list[chatlib.ToolCall] = field(default_factory=list)
+    cancel: Any = None  # ends the generation (the client went away); set once it has started
 
 
 def conversation(request: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -112,6 +118,68 @@ def prompt_tokens(tokenizer, messages: list[dict[str, Any]], plan: chatlib.ToolP
     return int(chatlib.encode_prompt(tokenizer, messages, "cpu", plan=plan)["input_ids"].shape[1])
 
 
+def with_calls(finish: str, calls: list, plan: chatlib.ToolPlan | None) -> str:
+    """OpenAI's finish_reason for a reply: ``"tool_calls"`` when it called tools of its own accord
+    (``tool_choice`` auto or required); a named ``tool_choice`` answers ``"stop"``, as OpenAI does."""
+    return "tool_calls" if calls and plan is not None and plan.forced is None else finish
+
+
+def _submit(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest):
+    # OpenAI takes top_p=0; the scheduler needs a positive one: the most likely token alone.
+    top_p = request.sampling_top_p or 1e-9
+    kwargs: dict[str, Any] = {}
+    if request.tools is not None:
+        kwargs.update(tools=request.tool_schemas(), tool_choice=request.choice,
+                      parallel_tool_calls=request.parallel)
+    return pool.submit(request.chat_messages(), adapter=adapter, max_tokens=request.max_new_tokens,
+                       temperature=request.sampling_temperature, top_p=top_p, seed=request.seed, **kwargs)
+
+
+def _complete_batched(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest) -> Reply:
+    handle = _submit(pool, adapter, request)
+    done = handle.result()
+    finish = "length" if done.finish_reason == "length" else "stop"
+    return Reply(done.text, done.prompt_tokens, done.completion_tokens,
+                 with_calls(finish, done.tool_calls, handle.plan), done.tool_calls)
+
+
+def _stream_batched(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest,
+                    stop: threading.Event) -> tuple[Iterator[str], StreamState]:
+    state = StreamState()
+    handle = _submit(pool, adapter, request)
+    state.cancel = handle.cancel
+    if stop.is_set():
+        handle.cancel()
+
+    def pieces() -> Iterator[str]:
+        shown = None
+        for piece in handle:
+            if shown is None:
+                plan = handle.plan  # known once the first piece came
+                shown = chatlib.ContentFilter(plan) if plan is not None else False
+                if shown:
+                    shown.feed(plan.prefix)
+            out = shown.feed(piece) if shown else piece
+            if out:
+                yield out
+        done = handle.result()
+        plan = handle.plan
+        state.prompt_tokens, state.completion_tokens = done.prompt_tokens, done.completion_tokens
+        state.finish_reason = "length" if done.finish_reason == "length" else "stop"
+        if plan is not None:
+            if shown is None:
+                shown = chatlib.ContentFilter(plan)
+                shown.feed(plan.prefix)
+            reply = chatlib.ChatReply(done.text, done.tool_calls)
+            rest = shown.finish(reply)
+            if rest:
+                yield rest
+            state.tool_calls = done.tool_calls
+            state.finish_reason = with_calls(state.finish_reason, done.tool_calls, plan)
+
+    return pieces(), state
+
+
 def _seed(seed: int | None) -> None:
     if seed is not None:
         import torch
@@ -132,6 +200,8 @@ def complete(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequ
         adapter: the adapter to answer with; None for the base alone.
         request: the validated request.
     """
+    if pool.batches:
+        return _complete_batched(pool, adapter, request)
     import torch
 
     messages = conversation(request)
@@ -148,7 +218,7 @@ def complete(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequ
     if plan is None:
         return Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), prompt, len(new), finish)
     reply = chatlib.reply_from_text(chatlib.decode_reply(tokenizer, new, plan), plan)
-    return Reply(reply.content, prompt, len(new), "tool_calls" if reply.tool_calls else finish, reply.tool_calls)
+    return Reply(reply.content, prompt, len(new), with_calls(finish, reply.tool_calls, plan), reply.tool_calls)
 
 
 def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest,
@@ -165,6 +235,8 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
         held back and read into ``state.tool_calls`` at the end. An error in generation is
         raised from the iterator.
     """
+    if pool.batches:
+        return _stream_batched(pool, adapter, request, stop)
     import torch
 
     state = StreamState()
@@ -234,8 +306,7 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
         if rest:
             yield rest
         state.tool_calls = reply.tool_calls
-        if reply.tool_calls:
-            state.finish_reason = "tool_calls"
+        state.finish_reason = with_calls(state.finish_reason, reply.tool_calls, plan)
 
     return pieces(), state
 

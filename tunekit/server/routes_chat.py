@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConfigError, DataError, HubError, ModelError, TemplateError, TunekitError
@@ -30,10 +31,12 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 async def chat_completions(request: Request) -> dict | StreamingResponse:
     # The body is read and validated here rather than by FastAPI, so that any content type is
     # taken as JSON (curl -d sends form-encoded) and errors keep OpenAI's shape and wording.
+    body = await request.body()
     try:
-        req = ChatCompletionRequest.model_validate_json(await request.body())
+        req = ChatCompletionRequest.model_validate_json(body)
     except ValidationError as e:
         raise from_validation(e.errors()) from e
+    _refuse_legacy(body)
     context = context_of(request)
     adapter = context.adapter_for(req.model)
     await run_in_threadpool(_pull, context, req.model, adapter)
@@ -50,6 +53,23 @@ async def chat_completions(request: Request) -> dict | StreamingResponse:
     choice = Choice(message=message, finish_reason=reply.finish_reason)
     return ChatCompletion(id=ident, created=created, model=req.model, choices=[choice],
                           usage=Usage.of(reply.prompt_tokens, reply.completion_tokens)).model_dump()
+
+
+class _Legacy(BaseModel):
+    """The request fields of OpenAI's deprecated function calling; read only to refuse them."""
+
+    model_config = ConfigDict(extra="ignore")
+    functions: Any = None
+    function_call: Any = None
+
+
+def _refuse_legacy(body: bytes) -> None:
+    # Ignoring them would answer as if no functions were offered; refusing names the fix.
+    legacy = _Legacy.model_validate_json(body)
+    for field, instead in (("functions", "tools"), ("function_call", "tool_choice")):
+        if getattr(legacy, field) is not None:
+            raise APIError(400, f"'{field}' (OpenAI's deprecated function calling) is not supported by this server; "
+                                f"send '{instead}' instead.", param=field, code="unsupported_parameter")
 
 
 def _pull(context: ServerContext, model: str, adapter: str | None) -> None:

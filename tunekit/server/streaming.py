@@ -59,7 +59,8 @@ async def events(pool: AdapterPool, adapter: str | None, request: ChatCompletion
     def put(item) -> None:
         loop.call_soon_threadsafe(queue.put_nowait, item)
 
-    loop.run_in_executor(None, _pump, put, pool, adapter, request, stop)
+    started: dict = {}  # the generation's state, once _pump has started it (to cancel it)
+    loop.run_in_executor(None, _pump, put, pool, adapter, request, stop, started)
     try:
         yield chunk(Delta(role="assistant", content=""))
         while True:
@@ -78,8 +79,11 @@ async def events(pool: AdapterPool, adapter: str | None, request: ChatCompletion
             yield chunk(Delta(content=item))
         yield DONE
     finally:
-        # Client gone (or done): stop generating so the model is free for the next request.
+        # Client gone (or done): stop generating so the model (or the batch row) is free.
         stop.set()
+        state = started.get("state")
+        if state is not None and state.cancel is not None:
+            state.cancel()
 
 
 # Argument fragments end after a JSON punctuation mark or a run of word characters, about the
@@ -100,11 +104,15 @@ def tool_call_deltas(calls) -> list[Delta]:
     return deltas
 
 
-def _pump(put, pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest, stop: threading.Event) -> None:
-    # Runs in a worker thread: hands the generation thread's pieces to the event loop, then the
-    # final state (or the error).
+def _pump(put, pool: AdapterPool, adapter: str | None, request: ChatCompletionRequest, stop: threading.Event,
+          started: dict) -> None:
+    # Runs in a worker thread: hands the generation's pieces to the event loop, then the final
+    # state (or the error).
     try:
         pieces, state = generation.stream(pool, adapter, request, stop)
+        started["state"] = state
+        if stop.is_set() and state.cancel is not None:  # the client left while it was starting
+            state.cancel()
         first = True
         for piece in pieces:
             if first:  # the reply starts at its first visible character
