@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tunekit.errors import DataError
 
 from .checks import Problems, chat_example, json_list, keys, missing, string_field
+from .preferences import PREFERENCE_FORMATS, format_objective
 from .schema import Example
 from .sources import Source
 from .tools import Turn, read_turns, tool_example
@@ -91,8 +92,6 @@ class Format:
     detect: Callable[[dict], bool]
     convert: Callable[[dict, Problems], Example]
 
-
-from .preferences import PREFERENCE_FORMATS, format_objective  # noqa: E402 (next to the table it joins)
 
 FORMATS: list[Format] = [
     # Tried in order, first match wins (alpaca rows often carry a "text" column too). A new

@@ -22,7 +22,7 @@ class RowProblem:
     """One thing wrong with one row, located as precisely as it is known.
 
     ``str()`` gives the line error messages list: ``"data.jsonl, line 3, messages[1].role:
-    unknown role 'bot'; use one of: system, user, assistant"``.
+    unknown role 'bot'; use one of: system, user, assistant, tool, function"``.
 
     Attributes:
         source: the file (or source description) the row came from; None when unknown.
