@@ -173,7 +173,7 @@ def child(args: argparse.Namespace) -> None:
 def serve_check(args: argparse.Namespace, adapter: Path, env: dict) -> dict:
     """``tunekit serve`` on the device over ``adapter``; requests/s from concurrent clients."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from serve_load import ask, client
+    from serve_load import PROMPTS, ask, client
 
     cmd = [sys.executable, "-m", "tunekit.cli", "serve", "--port", "0", "--adapter", str(adapter)]
     cmd += ["--base", args.base] if args.base else []
@@ -190,10 +190,11 @@ def serve_check(args: argparse.Namespace, adapter: Path, env: dict) -> dict:
             raise RuntimeError("tunekit serve did not start:\n" + "".join(seen[-40:]))
         c = client(url)  # the announced URL ends in /v1
         model = str(adapter)
-        ask(c, model, args.max_tokens)  # the first request loads the adapter: not what is measured
+        ask(c, model, PROMPTS[0], args.max_tokens)  # the first request loads the adapter: not what is measured
         start = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            latencies = sorted(pool.map(lambda _: ask(c, model, args.max_tokens), range(args.requests)))
+            latencies = sorted(latency for latency, _ in pool.map(
+                lambda i: ask(c, model, PROMPTS[i % len(PROMPTS)], args.max_tokens), range(args.requests)))
         wall = time.perf_counter() - start
     finally:
         proc.terminate()

@@ -31,6 +31,7 @@ ESTIMATE_HELP = {
     "gradient_checkpointing": "recompute activations to save memory; default: on for CUDA, off on CPU",
     "tokens_per_epoch": "trained tokens per epoch, for the time per epoch; default: no time estimate",
     "flops": "the device's matmul FLOP/s; default: measured on this machine",
+    "objective": "sft, dpo or kto: DPO/KTO add a second sequence per row and the reference forward",
 }
 # Flags renamed to the finetune() vocabulary; the old spellings still work, with a warning.
 ESTIMATE_ALIASES = {"max_length": ("--seq-len",), "dropout": ("--lora-dropout",)}
