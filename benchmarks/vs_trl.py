@@ -139,7 +139,7 @@ def _start(cmd: list[str], log, turns: bool) -> tuple:
     return proc, from_child, from_parent
 
 
-def _take_turns(commands: dict[str, list[str]], logs: dict) -> dict[str, tuple]:
+def take_turns(commands: dict[str, list[str]], logs: dict) -> dict[str, tuple]:
     """The parent's side. Only one run uses the CPU at any time (two processes with two OpenMP
     threads each on two cores spin against each other and crawl): each is started once the one
     before is ready to train; then they take turns, switching at each yield, until every run has
@@ -298,7 +298,7 @@ def main() -> int:
             print(f"running {' and '.join(batch)}{' taking turns' if len(batch) > 1 else ''} ...", flush=True)
             logs = {name: tempfile.TemporaryFile(mode="w+") for name in batch}
             if len(batch) > 1:
-                procs = _take_turns({name: command(name) for name in batch}, logs)
+                procs = take_turns({name: command(name) for name in batch}, logs)
             else:
                 procs = {name: _start(command(name), logs[name], turns=False) for name in batch}
             for name, (proc, read_fd, write_fd) in procs.items():

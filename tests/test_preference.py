@@ -215,3 +215,15 @@ def test_progress_bar_shows_reward_accuracy_and_margin():
     bar.bar = Bar()
     bar.on_log(None, None, None, logs={"eval_loss": 0.69, "eval_rewards/accuracies": 0.5, "eval_rewards/margins": 0.02})
     assert bar.bar.postfix == {"eval": "0.690", "reward acc": "0.500", "margin": "0.020"}
+
+
+def test_preview_shows_a_pairs_prompt_and_both_replies_marked_as_trained():
+    pair = _pairs(1)[0]
+    first = tunekit.preview([pair], n=1)
+    second = tunekit.preview([{"prompt": "Hi", "completion": "Hello!", "label": False}], n=1)
+    assert "preference pair (dpo)" in first and "prompt:\n<|im_start|>user\nWhat is 0 plus 0?<|im_end|>" in first
+    # Each reply is trained whole, through its end-of-turn token; the prompt is context.
+    assert "chosen:\n⟦TL;DR: 0.\n\n0 plus 0 is 0.<|im_end|>⟧" in first
+    assert "rejected:\n⟦0 plus 0 is 0.<|im_end|>⟧" in first
+    assert "⟦<|im_start|>user" not in first and "<|im_start|>assistant\n⟦" not in first
+    assert "labelled completion (kto)" in second and "completion, label false (bad):\n⟦Hello!<|im_end|>⟧" in second
