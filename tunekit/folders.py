@@ -16,6 +16,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 RUNS = Path("runs")
+# A run folder's file of Trainer logs, one JSON object a line (tunekit.trainer.LogLines writes it,
+# the jobs API tails it). Named here, in a module without torch, so readers need not load TRL.
+LOG_FILE = "logs.jsonl"
 
 
 def run_name(*parts: str | None) -> str:
@@ -69,9 +72,9 @@ def check_resumable(path: str | os.PathLike, *, record: str, work: str, what: st
     work_dir = out / work
     if work_dir.is_dir() and any(work_dir.iterdir()):
         return out
-    # A run's live log (tunekit.trainer.LOG_FILE) is written from its first step, before any
-    # checkpoint: a run stopped that early is still a run to resume (from the beginning).
-    others = sorted(p.name for p in out.iterdir() if p != work_dir and p.name != "logs.jsonl")
+    # A run's live log (LOG_FILE) is written from its first step, before any checkpoint: a run
+    # stopped that early is still a run to resume (from the beginning).
+    others = sorted(p.name for p in out.iterdir() if p != work_dir and p.name != LOG_FILE)
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ConfigError(f"{what} {out} is not a tunekit run, so resume=True cannot continue it: it has no "

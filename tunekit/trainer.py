@@ -37,6 +37,7 @@ from trl import SFTTrainer
 from . import config
 from .checkpoints import mark_complete
 from .fastpath import KERNELS, attention_within_rows, causal_lm_of, fuse_lora_layers
+from .folders import LOG_FILE
 from .templates import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,6 @@ class MarkCheckpoints(TrainerCallback):
                 setattr(clean, name, None)
             torch.save(clean, pickled)
         mark_complete(folder)
-
-
-# The run folder's file of Trainer logs, one JSON object a line (see LogLines).
-LOG_FILE = "logs.jsonl"
 
 
 class LogLines(TrainerCallback):

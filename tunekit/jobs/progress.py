@@ -14,11 +14,6 @@ CSV_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean
                "full_valid_loss", "full_valid_mean_token_accuracy")
 
 
-# tunekit.trainer.LOG_FILE, named here too: importing tunekit.trainer would load torch and TRL
-# into the server's watcher for one string (a test checks the two agree).
-LOG_FILE = "logs.jsonl"
-
-
 class Tail:
     """Follows a run's ``logs.jsonl`` as the Trainer appends to it: each :meth:`read` adds the
     lines completed since the last and returns every entry read so far.

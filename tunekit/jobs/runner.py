@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import checkpoints as ckpts
+from ..folders import LOG_FILE
 from . import progress, spec as specs, validate
 from .files import Blobs
 from .store import FINAL, Store
@@ -195,7 +196,7 @@ class Runner:
     def _watch(self, job: dict, proc: subprocess.Popen) -> None:
         job_id = job["id"]
         clock = _Clock()
-        tail = progress.Tail(self.folder(job_id) / "run" / progress.LOG_FILE)
+        tail = progress.Tail(self.folder(job_id) / "run" / LOG_FILE)
         try:
             while proc.poll() is None:
                 if self._stopping:
