@@ -129,6 +129,10 @@ def test_base_comparison_and_streaming(tiny_model_dir, chat_rows, tmp_path):
     assert isinstance(base_reply, str)
     ev = result.evaluate(chat_rows[:4])
     assert ev["rows"] == 4 and ev["loss"] > 0 and ev["tokens"] > 0
+    # The base alone scores its own loss, and the adapter is back on afterwards.
+    base = result.evaluate(chat_rows[:4], use_adapter=False)
+    assert base["tokens"] == ev["tokens"] and base["loss"] != pytest.approx(ev["loss"], abs=1e-6)
+    assert result.evaluate(chat_rows[:4])["loss"] == pytest.approx(ev["loss"], abs=1e-6)
 
 
 def test_the_last_update_is_evaluated_and_can_be_the_best(tiny_model_dir, chat_rows, tmp_path):

@@ -211,13 +211,14 @@ class TuneResult:
         with base_only():
             return chatlib.generate(model, tokenizer, messages, **kwargs)
 
-    def evaluate(self, data: Any, *, batch_size: int = 8) -> dict[str, float]:
+    def evaluate(self, data: Any, *, batch_size: int = 8, use_adapter: bool = True) -> dict[str, float]:
         """Mean loss and perplexity on ``data`` over the trained tokens (same template and masking
         as training).
 
         Args:
             data: anything ``finetune`` accepts as data.
             batch_size: rows per forward pass.
+            use_adapter: False scores the base model alone (adapters only), for comparisons.
 
         Returns:
             ``{"loss", "perplexity", "rows", "tokens"}``.
@@ -231,11 +232,14 @@ class TuneResult:
 
         rows, report = datalib.read_examples(data)
         model, tokenizer = self._model()
+        if not use_adapter and not self.adapter:
+            raise ModelError("use_adapter=False needs an adapter; a full fine-tune has no separate base")
         encoded, _ = templates.encode_all(rows, tokenizer, train_on=self.run.train_on,
                                           max_length=self.run.option("max_length"), source=report.source)
         total_loss, total_tokens = 0.0, 0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        with self._lock, torch.inference_mode():
+        off = model.disable_adapter() if not use_adapter else contextlib.nullcontext()
+        with self._lock, off, torch.inference_mode():
             for i in range(0, len(encoded), batch_size):
                 ids, labels, mask = _batch(encoded[i:i + batch_size], pad)
                 logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
