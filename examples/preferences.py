@@ -6,6 +6,9 @@ Each pair holds the same answer twice; only the chosen side leads with the summa
 sees pairs and trains DPO (TRL's ``DPOTrainer``, LoRA, the reference being the base with the
 adapter switched off). The measure: the share of replies to the 40 held-out questions (topics
 and phrasings never in training) whose first line starts with "TL;DR:", base against tuned.
+That the replies are still answers is checked too: the share that talk about the topic asked
+about, the share that loop (a phrase said three times), and the perplexity of the held-out
+reference replies.
 
 Run it with ``python examples/preferences.py`` in the project's venv: about 5-8 minutes on 2
 CPU cores. ``--rows``/``--epochs``/``--lr``/``--beta`` try other settings (the defaults are
@@ -16,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import tunekit
@@ -25,10 +30,14 @@ PAIRS = HERE / "data" / "tldr_pairs.jsonl"
 HELDOUT = HERE / "data" / "tldr_heldout.jsonl"
 
 
+def heldout_rows(n: int | None = None) -> list[dict]:
+    """The held-out pairs (``prompt``, ``chosen``, ``rejected``, ``topic``), never seen in training."""
+    return [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()][:n]
+
+
 def heldout_prompts(n: int | None = None) -> list[str]:
     """The held-out questions (never seen in training)."""
-    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
-    return [row["prompt"][-1]["content"] for row in rows][:n]
+    return [row["prompt"][-1]["content"] for row in heldout_rows(n)]
 
 
 def opens_with_tldr(reply: str) -> bool:
@@ -42,35 +51,70 @@ def tldr_rate(result, prompts: list[str], *, use_adapter: bool = True, max_new_t
     return sum(map(opens_with_tldr, replies)) / len(prompts)
 
 
+def on_topic(reply: str, topic: str) -> bool:
+    """The reply names what it was asked about (a word of the topic, plurals and endings aside)."""
+    words = [w for w in re.findall(r"[a-z]+", topic.lower()) if w not in {"a", "the", "why", "is"}]
+    return any(w[:6] in reply.lower() for w in words)
+
+
+def loops(reply: str) -> bool:
+    """The reply repeats itself: some three-word phrase occurs three times or more."""
+    words = reply.lower().split()
+    return max(Counter(zip(words, words[1:], words[2:])).values(), default=0) >= 3
+
+
+def quality(result, rows: list[dict], *, use_adapter: bool = True, max_new_tokens: int = 80) -> dict:
+    """TL;DR rate and the checks that the replies are still answers, for the tuned model or its base."""
+    replies = [result.chat(r["prompt"], use_adapter=use_adapter, max_new_tokens=max_new_tokens) for r in rows]
+    share = lambda flags: sum(flags) / len(rows)  # noqa: E731
+    references = [{"messages": r["prompt"] + r["chosen"]} for r in rows]
+    return {
+        "tldr_rate": share(map(opens_with_tldr, replies)),
+        "on_topic": share(on_topic(reply, r["topic"]) for reply, r in zip(replies, rows)),
+        "loops": share(map(loops, replies)),
+        "reference_perplexity": result.evaluate(references, use_adapter=use_adapter)["perplexity"],
+        "replies": replies,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=None, help="train on the first N pairs only")
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--beta", type=float, default=None)
+    parser.add_argument("--objective", choices=("dpo", "kto"), default=None, help="kto trains the pairs unpaired")
+    parser.add_argument("--method", choices=("lora", "qlora", "full"), default="lora")
     parser.add_argument("--heldout", type=int, default=None, help="measure on the first N held-out prompts")
     parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--measure", metavar="RUN", help="measure an earlier run's folder instead of training")
     args = parser.parse_args()
 
     data = str(PAIRS)
     if args.rows:
         data = [json.loads(line) for line in PAIRS.read_text().splitlines()[: args.rows]]
-    given = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("beta", args.beta)) if v is not None}
-    result = tunekit.finetune(data, method="lora", output_dir=args.output_dir, **given)  # objective: dpo, from the data
+    given = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("beta", args.beta),
+                                ("objective", args.objective)) if v is not None}
+    if args.measure:
+        result = tunekit.load(args.measure)
+    else:  # the objective (dpo) comes from the data
+        result = tunekit.finetune(data, method=args.method, output_dir=args.output_dir, **given)
 
-    prompts = heldout_prompts(args.heldout)
-    base, tuned = tldr_rate(result, prompts, use_adapter=False), tldr_rate(result, prompts)
+    rows = heldout_rows(args.heldout)
+    base, tuned = quality(result, rows, use_adapter=False), quality(result, rows)
     m = result.metrics
     print(json.dumps({
-        "heldout_prompts": len(prompts), "tldr_rate_base": base, "tldr_rate_tuned": tuned,
+        "heldout_prompts": len(rows),
+        **{f"{k}_base": base[k] for k in base if k != "replies"},
+        **{f"{k}_tuned": tuned[k] for k in tuned if k != "replies"},
         **{k: m[k] for k in ("reward_accuracy_first", "reward_accuracy_last", "reward_margin_last", "steps",
                              "wall_seconds", "tokens_per_second") if k in m},
         **given, "output_dir": str(result.output_dir),
     }, indent=2))
-    prompt = prompts[0]
-    print("PROMPT:", prompt)
-    print("BASE:  ", result.chat(prompt, use_adapter=False, max_new_tokens=60))
-    print("TUNED: ", result.chat(prompt, max_new_tokens=60))
+    for i in (0, len(rows) // 2):
+        print("PROMPT:", rows[i]["prompt"][-1]["content"])
+        print("BASE:  ", base["replies"][i])
+        print("TUNED: ", tuned["replies"][i])
 
 
 if __name__ == "__main__":

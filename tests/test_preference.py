@@ -172,13 +172,31 @@ def test_cli_train_objective_dry_run(tiny_model_dir, tmp_path):
     assert "LoRA's default for dpo" in proc.stdout
 
 
+def _example():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import preferences
+
+    return preferences
+
+
+def test_the_examples_held_out_pairs_and_its_answer_checks():
+    example = _example()
+    rows = example.heldout_rows()
+    train_prompts = {r["prompt"][-1]["content"] for r in map(json.loads, example.PAIRS.read_text().splitlines())}
+    assert len(rows) == 40 and not {r["prompt"][-1]["content"] for r in rows} & train_prompts
+    assert all(r["chosen"][0]["content"].startswith("TL;DR: ") and r["chosen"][0]["content"].endswith(
+        r["rejected"][0]["content"]) for r in rows)
+    assert example.on_topic("Passwords should be long.", "passwords")
+    assert example.on_topic("Blue light scatters most.", "why the sky is blue")
+    assert not example.on_topic("The Earth orbits the Sun.", "a budget")
+    assert example.loops("I like it. I like it. I like it.") and not example.loops("I like it. You like it.")
+
+
 @pytest.mark.slow
 def test_the_defaults_learn_the_example_preference(tmp_path):
     """The shipped TL;DR pairs on the embedded SmolLM2 with tunekit's DPO defaults: the base never
     opens a held-out reply with "TL;DR:", the tuned model mostly does (a subset, to stay short)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    import preferences as example
-
+    example = _example()
     rows = [json.loads(line) for line in example.PAIRS.read_text().splitlines()[:96]]
     result = tunekit.finetune(rows, method="lora", epochs=1, output_dir=str(tmp_path / "run"), progress=False)
     prompts = example.heldout_prompts(12)
@@ -201,6 +219,27 @@ def test_compare_tables_preference_runs_by_reward_not_eval_loss(tmp_path):
     assert _prompt_and_reference(pair) == (pair["prompt"], pair["chosen"][0]["content"])
     bad = {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}
     assert _prompt_and_reference(bad) is None
+
+
+def test_a_run_whose_preferred_replies_got_less_likely_is_warned_about():
+    from types import SimpleNamespace
+
+    from tunekit.record import Metrics
+    from tunekit.train import displacement_warning
+
+    dpo = SimpleNamespace(objective="dpo", lr=1e-3)
+    # The TL;DR example at lr 1e-3 (degenerate replies) against lr 2e-4 (healthy).
+    collapsed = Metrics(logps_chosen_first=-112.2, logps_chosen_last=-158.6, reward_margin_last=17.7)
+    text = displacement_warning(collapsed, dpo)
+    assert "-112.2 to -158.6" in text and "margin of 17.7" in text and "1e-03" not in text and "0.001" in text
+    assert "'loss_type': ['sigmoid', 'sft']" in text
+    assert displacement_warning(Metrics(logps_chosen_first=-112.2, logps_chosen_last=-77.6), dpo) is None
+    assert displacement_warning(Metrics(logps_chosen_first=-112.2, logps_chosen_last=-115.0), dpo) is None
+    assert displacement_warning(Metrics(), dpo) is None
+    assert displacement_warning(collapsed, SimpleNamespace(objective="sft", lr=2e-4)) is None
+    kto = displacement_warning(Metrics(logps_chosen_first=-50.0, logps_chosen_last=-80.0),
+                               SimpleNamespace(objective="kto", lr=1e-3))
+    assert "KTO" in kto and "loss_type" not in kto and "margin" not in kto
 
 
 def test_progress_bar_shows_reward_accuracy_and_margin():

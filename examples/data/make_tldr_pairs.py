@@ -3,7 +3,7 @@
 
 Writes, next to this file:
   tldr_pairs.jsonl          280 training pairs
-  tldr_heldout.jsonl         40 held-out prompts (topics and phrasings never in training)
+  tldr_heldout.jsonl         40 held-out pairs (topics and phrasings never in training), with their topic
 
 The preferred behaviour: a reply opens with a one-line summary that starts with "TL;DR:", then
 gives the answer. Both sides of a pair carry the same answer; only the chosen one leads with the
@@ -123,7 +123,9 @@ def main() -> None:
     combos = [(t, q) for t in train for q in TRAIN_TEMPLATES]
     rng.shuffle(combos)
     rows = [pair(q.format(t=t[0]), t[1], t[2]) for t, q in combos[:N_TRAIN]]
-    heldout = [{"prompt": [{"role": "user", "content": q.format(t=t[0])}]} for t in held for q in HELDOUT_TEMPLATES]
+    # Held-out rows are pairs too (the reference replies score perplexity); "topic" lets the
+    # example check that a tuned reply still talks about what was asked.
+    heldout = [{**pair(q.format(t=t[0]), t[1], t[2]), "topic": t[0]} for t in held for q in HELDOUT_TEMPLATES]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, data in (("tldr_pairs.jsonl", rows), ("tldr_heldout.jsonl", heldout)):
         with open(args.out_dir / name, "w", encoding="utf-8") as f:
