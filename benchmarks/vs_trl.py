@@ -174,6 +174,47 @@ def take_turns(commands: dict[str, list[str]], logs: dict) -> dict[str, tuple]:
     return procs
 
 
+def run_children(commands: dict[str, list[str]], *, taking_turns: bool) -> dict[str, dict]:
+    """Run the child benchmarks, taking turns on the CPU (or one after the other), and return
+    each one's ``RESULT`` line; exit with a failed child's output, or when timed turns overlapped."""
+    logs = {name: tempfile.TemporaryFile(mode="w+") for name in commands}
+    if taking_turns:
+        procs = take_turns(commands, logs)
+    else:
+        procs = {}
+        for name, cmd in commands.items():
+            procs[name] = _start(cmd, logs[name], turns=False)
+            procs[name][0].wait()
+    results = {}
+    for name, (proc, read_fd, write_fd) in procs.items():
+        proc.wait()
+        for fd in (read_fd, write_fd):
+            if fd is not None:
+                os.close(fd)
+        logs[name].seek(0)
+        output = logs[name].read()
+        line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            print(f"{name} failed:\n{output[-6000:]}", file=sys.stderr)
+            raise SystemExit(1)
+        results[name] = json.loads(line[len("RESULT "):])
+    if taking_turns:
+        spans = sorted(tuple(x) for r in results.values() for x in r["slices"])
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            raise SystemExit("the timed runs overlapped: their times are not comparable")
+        print(f"  {len(spans)} turns, none overlapping", flush=True)
+    return results
+
+
+def save_record(stem: str, record: dict) -> Path:
+    """``benchmarks/results/<stem>-<time>.json``."""
+    out_dir = ROOT / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(record, indent=2))
+    return path
+
+
 def _greedy_answers(model, tokenizer, rows: list[dict]) -> list[str]:
     from tunekit.chat import generate
 
@@ -296,28 +337,7 @@ def main() -> int:
         batches = ([timed] if timed else []) + [[n] for n in names if n not in timed]
         for batch in batches:
             print(f"running {' and '.join(batch)}{' taking turns' if len(batch) > 1 else ''} ...", flush=True)
-            logs = {name: tempfile.TemporaryFile(mode="w+") for name in batch}
-            if len(batch) > 1:
-                procs = take_turns({name: command(name) for name in batch}, logs)
-            else:
-                procs = {name: _start(command(name), logs[name], turns=False) for name in batch}
-            for name, (proc, read_fd, write_fd) in procs.items():
-                proc.wait()
-                for fd in (read_fd, write_fd):
-                    if fd is not None:
-                        os.close(fd)
-                logs[name].seek(0)
-                output = logs[name].read()
-                line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(f"{name} failed:\n{output[-6000:]}", file=sys.stderr)
-                    return 1
-                results[name] = json.loads(line[len("RESULT "):])
-            if len(batch) > 1:
-                spans = sorted(tuple(x) for name in batch for x in results[name]["slices"])
-                if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-                    raise SystemExit("the timed runs overlapped: their times are not comparable")
-                print(f"  {len(spans)} turns, none overlapping", flush=True)
+            results.update(run_children({name: command(name) for name in batch}, taking_turns=len(batch) > 1))
 
     header = f"{'':16s} {'wall s':>8s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'eval loss':>10s} {'exact match':>12s}"
     print(header)
@@ -341,9 +361,7 @@ def main() -> int:
               "rows": args.rows or 200, "heldout": args.heldout or 40, "epochs": args.epochs,
               "taking_turns": timed, "slice_seconds": args.slice if timed else None,
               "results": results, "ratios": ratios}
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"vs_trl-{datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(record, indent=2))
+    save_record("vs_trl", record)
     if not args.no_docs and {"plain_trl", "tunekit_lora"} <= results.keys():
         _append_docs(record)
     return 0

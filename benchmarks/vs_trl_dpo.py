@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]
 
-from vs_trl import Turns, take_turns  # noqa: E402  (the turn-taking, shared)
+from vs_trl import Turns, run_children, save_record  # noqa: E402  (the turn-taking, shared)
 
 RUNNERS = ("plain_trl", "tunekit_lora")
 
@@ -150,23 +150,7 @@ def main() -> int:
                 (["--heldout", str(args.heldout)] if args.heldout else [])
 
         print("running plain_trl and tunekit_lora taking turns ...", flush=True)
-        logs = {name: tempfile.TemporaryFile(mode="w+") for name in RUNNERS}
-        procs = take_turns({name: command(name) for name in RUNNERS}, logs)
-        for name, (proc, read_fd, write_fd) in procs.items():
-            proc.wait()
-            for fd in (read_fd, write_fd):
-                os.close(fd)
-            logs[name].seek(0)
-            output = logs[name].read()
-            line = next((l for l in output.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(f"{name} failed:\n{output[-6000:]}", file=sys.stderr)
-                return 1
-            results[name] = json.loads(line[len("RESULT "):])
-        spans = sorted(tuple(x) for r in results.values() for x in r["slices"])
-        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-            raise SystemExit("the timed runs overlapped: their times are not comparable")
-        print(f"  {len(spans)} turns, none overlapping", flush=True)
+        results = run_children({name: command(name) for name in RUNNERS}, taking_turns=True)
 
     print(f"{'':14s} {'wall s':>8s} {'tokens/s':>9s} {'TL;DR rate':>11s}")
     for name, r in results.items():
@@ -181,9 +165,7 @@ def main() -> int:
               "machine": f"{platform.machine()} {os.cpu_count()} cores", "rows": args.rows or 280,
               "heldout": args.heldout or 40, "epochs": args.epochs, "slice_seconds": args.slice,
               "results": results, "ratios": ratios}
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"vs_trl_dpo-{datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(record, indent=2))
+    save_record("vs_trl_dpo", record)
     return 0
 
 
