@@ -83,19 +83,71 @@ def test_dpo_lora_trains_records_and_reloads(tiny_model_dir, tmp_path):
     result = tunekit.finetune(_pairs(), base=str(tiny_model_dir), method="lora", output_dir=str(out), **FAST)
     run = json.loads((out / "tunekit.json").read_text())
     assert run["objective"] == "dpo"
-    assert run["preference"] == {"beta": 0.1, "reference": "base (adapter off)"}
+    assert run["preference"] == {"beta": 0.1, "reference": "base (adapter off)", "loss": ["sigmoid", "sft"]}
     metrics = json.loads((out / "metrics.json").read_text())
+    # The default loss carries the chosen replies' NLL: on start the DPO term alone is ln 2.
+    assert metrics["eval_loss_first"] > 0.7
     # Evaluated on start (base: reference and policy agree, margin 0) and after training.
     assert metrics["reward_margin_first"] == 0.0
     assert metrics["reward_accuracy_last"] is not None and metrics["reward_margin_last"] != 0.0
     assert metrics["logps_chosen_first"] < 0 and metrics["logps_rejected_first"] < 0
     assert metrics["steps"] == 3  # 12 train pairs / batch 4
     card = (out / "README.md").read_text()
-    assert "- dpo" in card and "DPOTrainer" in card and "| beta | 0.1 |" in card
+    assert "- dpo" in card and "DPOTrainer" in card and "| beta | 0.1 |" in card and "| loss | sigmoid + sft |" in card
     assert not (out / "ref").exists(), "only the trained adapter is saved"
     reply = tunekit.load(out).chat("What is 2 plus 2?", max_new_tokens=4)
     assert isinstance(reply, str)
     assert result.run.objective == "dpo"
+
+
+def test_dpo_loss_is_planned_and_training_args_override_it(tiny_model_dir, tmp_path):
+    plan = tunekit.train.plan(_pairs(), base=str(tiny_model_dir), method="lora", **FAST)
+    assert plan.dpo_loss == ("sigmoid", "sft") and "dpo loss" in plan.describe()
+    plain = tunekit.finetune(_pairs(), base=str(tiny_model_dir), method="lora", output_dir=str(tmp_path / "plain"),
+                             training_args={"loss_type": "sigmoid"}, **FAST)
+    assert plain.run.preference["loss"] == ["sigmoid"]
+    assert plain.metrics["eval_loss_first"] == pytest.approx(0.6931, abs=1e-3)  # ln 2: the DPO term alone
+    kto = tunekit.train.plan(_pairs(), base=str(tiny_model_dir), method="lora", objective="kto", **FAST)
+    assert kto.dpo_loss is None and "dpo loss" not in kto.describe()
+
+
+def test_a_dpo_adapter_merges_exports_serves_and_demos_like_any_adapter(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunekit import chat, space
+
+    result = tunekit.finetune(_pairs(), base=str(tiny_model_dir), method="lora", output_dir=str(tmp_path / "dpo"),
+                              **{**FAST, "lr": 0.01})
+    prompts = ["What is 3 plus 3?", "What is 9 plus 9?"]
+
+    def last_logits(model, tokenizer):
+        # Next-token logits (through generate, which the pool's model offers): the tiny random
+        # model's greedy replies are all newlines with or without the adapter.
+        out = [model.generate(**chat.encode_prompt(tokenizer, chat.to_messages(p), model.device), max_new_tokens=1,
+                              do_sample=False, output_logits=True, return_dict_in_generate=True).logits[0][0]
+               for p in prompts]
+        return torch.stack(out).float()
+
+    model, tokenizer = result._model()
+    adapter_logits = last_logits(model, tokenizer)
+    with model.disable_adapter():
+        assert not torch.allclose(last_logits(model, tokenizer), adapter_logits, atol=1e-3)
+    merged = result.merge(tmp_path / "merged")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(merged), AutoTokenizer.from_pretrained(merged)
+    torch.testing.assert_close(last_logits(model, tokenizer), adapter_logits, rtol=1e-4, atol=1e-4)
+    gguf = result.export_gguf(tmp_path / "gguf" / "model.gguf", dtype="f32")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.testing.assert_close(last_logits(model, tokenizer), adapter_logits, rtol=1e-4, atol=1e-4)
+    # tunekit serve's pool computes what chat() does; the Space is configured for it.
+    pool = tunekit.AdapterPool(str(tiny_model_dir))
+    name = pool.add(result.output_dir, name="prefs")
+    with pool.using(name) as (model, tokenizer):
+        torch.testing.assert_close(last_logits(model, tokenizer), adapter_logits, rtol=1e-4, atol=1e-4)
+    config = space.space_config(result.output_dir, local=True)
+    assert config["adapters"][0]["path"] == str(result.output_dir) and config["adapters"][0]["label"] == "dpo"
+    # The demo's example prompts are the held-out pairs' prompts.
+    assert config["examples"] and all(e.startswith("What is ") for e in config["examples"]), config["examples"]
 
 
 def test_objective_override_kto_from_pairs_and_sft_from_pairs(tiny_model_dir, tmp_path):

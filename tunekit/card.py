@@ -156,7 +156,8 @@ def _hyperparameters(run: RunInfo, metrics: Metrics) -> list[tuple[str, Any]]:
              ("max length", option("max_length")), ("seed", option("seed"))]
     if run.preference:
         hyper = [("objective", OBJECTIVE_LABELS.get(run.objective, run.objective)),
-                 ("beta", run.preference.get("beta")), ("reference", run.preference.get("reference"))] + hyper
+                 ("beta", run.preference.get("beta")), ("reference", run.preference.get("reference"))] + \
+            ([("loss", " + ".join(run.preference["loss"]))] if run.preference.get("loss") else []) + hyper
     if run.adapter:
         hyper = [("LoRA r / alpha", f"{option('r')} / {option('alpha')}"),
                  ("LoRA dropout", option("dropout")), ("target modules", option("target_modules")),

@@ -547,6 +547,8 @@ def preference_arguments(run_plan: Plan, out: Path, *, has_eval: bool) -> dict[s
     truncation (rows are length-checked when encoded). Keys a config lacks are dropped by the caller
     (KTOConfig has no ``padding_free``)."""
     args = {k: v for k, v in sft_arguments(run_plan, out, has_eval=has_eval).items() if k not in _SFT_ONLY}
+    if run_plan.dpo_loss is not None:
+        args["loss_type"] = list(run_plan.dpo_loss)
     return {
         **args,
         "beta": run_plan.beta,
@@ -662,8 +664,9 @@ def run_record(prepared: PreparedData, run_plan: Plan, *, adapter: bool) -> RunI
         method=run_plan.method,
         adapter=adapter,
         objective=prepared.objective,
-        preference=None if run_plan.objective == "sft" else {"beta": run_plan.beta,
-                                                             "reference": reference_kind(prepared, run_plan)},
+        preference=None if run_plan.objective == "sft" else {
+            "beta": run_plan.beta, "reference": reference_kind(prepared, run_plan),
+            **({"loss": list(run_plan.dpo_loss)} if run_plan.dpo_loss else {})},
         tunekit_version=__version__,
         base_path=str(base.path) if not base.embedded and Path(base.name).is_dir() else None,
         embedded_base=base.embedded,
@@ -752,8 +755,8 @@ def displacement_warning(metrics: Metrics, run_plan: Plan) -> str | None:
     if run_plan.objective == "sft" or first is None or last is None or last >= first * 1.05:
         return None
     margin = "" if metrics.reward_margin_last is None else f" at a reward margin of {metrics.reward_margin_last:g}"
-    sft_term = (", or TRL's SFT term on the chosen replies (training_args={'loss_type': ['sigmoid', 'sft']})"
-                if run_plan.objective == "dpo" else "")
+    sft_term = (", or TRL's SFT term on the chosen replies (training_args={'loss_type': ['sigmoid', 'sft']}, "
+                "the default)" if run_plan.objective == "dpo" and "sft" not in (run_plan.dpo_loss or ()) else "")
     return (f"the preferred replies became less likely during {run_plan.objective.upper()} training: their "
             f"eval log-prob went from {first:.1f} to {last:.1f} per reply{margin}. Training pushed both sides "
             "down, and such a model's replies often degenerate; read a few (result.chat). A lower learning "
