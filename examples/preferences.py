@@ -10,8 +10,8 @@ That the replies are still answers is checked too: the share that talk about the
 about, the share that loop (a phrase said three times), and the perplexity of the held-out
 reference replies.
 
-Run it with ``python examples/preferences.py`` in the project's venv: about 5-8 minutes on 2
-CPU cores. ``--rows``/``--epochs``/``--lr``/``--beta`` try other settings (the defaults are
+Run it with ``python examples/preferences.py`` in the project's venv: about 13 minutes on 2
+quiet CPU cores (7-9 to train 126 updates, 5-6 to write 80 replies of 80 tokens). ``--rows``/``--epochs``/``--lr``/``--beta`` try other settings (the defaults are
 tunekit's own).
 """
 

@@ -208,6 +208,7 @@ def test_only_fine_tuned_models_can_be_deleted(server, pool):
 
 # -- the pieces ----------------------------------------------------------------------------------
 def test_auto_hyperparameters_settle_to_tunekits_defaults():
+    from tunekit import methods
     from tunekit.options import Options
 
     assert spec.resolved({}, "supervised") == {"n_epochs": int(Options.epochs), "batch_size": Options.batch_size,
@@ -217,7 +218,8 @@ def test_auto_hyperparameters_settle_to_tunekits_defaults():
                                     base="b", seed=5, eval_data="v.jsonl", output_dir="out", resume=True,
                                     defaults={"max_length": 64, "epochs": 9})
     assert options["lr"] == pytest.approx(2 * spec.base_lr("supervised"))
-    assert spec.base_lr("supervised") == 2e-4 and spec.base_lr("dpo") != spec.base_lr("supervised")
+    assert spec.base_lr("supervised") == methods.get("lora").lr("sft") == 2e-4
+    assert spec.base_lr("dpo") == methods.get("lora").lr("dpo")
     assert (options["epochs"], options["batch_size"], options["seed"], options["max_length"]) == (3.0, 8, 5, 64)
     assert (options["method"], options["eval_data"], options["resume"]) == ("lora", "v.jsonl", True)
     assert options["objective"] == "sft"  # never DPO because of the file's shape

@@ -246,15 +246,19 @@ def test_the_examples_held_out_pairs_and_its_answer_checks():
 
 @pytest.mark.slow
 def test_the_defaults_learn_the_example_preference(tmp_path):
-    """The shipped TL;DR pairs on the embedded SmolLM2 with tunekit's DPO defaults: the base never
-    opens a held-out reply with "TL;DR:", the tuned model mostly does (a subset, to stay short)."""
+    """The shipped TL;DR pairs (all 280, 2 epochs: the defaults; 22 updates were too few to move
+    greedy replies at lr 2e-4) on the embedded SmolLM2: the base never opens a held-out reply
+    with "TL;DR:", the tuned model does, and its replies are still answers, not loops."""
     example = _example()
-    rows = [json.loads(line) for line in example.PAIRS.read_text().splitlines()[:96]]
-    result = tunekit.finetune(rows, method="lora", epochs=1, output_dir=str(tmp_path / "run"), progress=False)
-    prompts = example.heldout_prompts(12)
-    assert example.tldr_rate(result, prompts, use_adapter=False) == 0.0
-    assert example.tldr_rate(result, prompts) >= 0.5
-    assert result.metrics["reward_accuracy_last"] > result.metrics["reward_accuracy_first"]
+    result = tunekit.finetune(str(example.PAIRS), method="lora", output_dir=str(tmp_path / "run"), progress=False)
+    questions = example.heldout_rows()[::4]  # 10 questions, every held-out topic
+    base, tuned = example.quality(result, questions, use_adapter=False), example.quality(result, questions)
+    assert base["tldr_rate"] == 0.0 and tuned["tldr_rate"] >= 0.8, tuned["replies"]
+    # Measured on all 40: loops 7 -> 0, on topic 40 -> 34, reference perplexity 27.6 -> 8.5.
+    assert tuned["loops"] <= base["loops"] + 0.1 and tuned["on_topic"] >= 0.6, tuned["replies"]
+    assert tuned["reference_perplexity"] < base["reference_perplexity"]
+    m = result.metrics
+    assert m["reward_accuracy_last"] > m["reward_accuracy_first"] and m["logps_chosen_last"] > m["logps_chosen_first"]
 
 
 def test_compare_tables_preference_runs_by_reward_not_eval_loss(tmp_path):

@@ -79,7 +79,7 @@ def finetune_options(hyper: dict[str, Any], method_type: str, *, base: str, seed
 
 def base_lr(method_type: str) -> float:
     """The learning rate a multiplier of 1 means: tunekit's LoRA default for the method's
-    objective (2e-4 for supervised, its own for DPO)."""
+    objective (:meth:`tunekit.methods.Method.lr`)."""
     return methods.get(METHOD).lr(OBJECTIVES[method_type])
 
 
