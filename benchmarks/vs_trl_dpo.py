@@ -5,7 +5,8 @@ conversational ``prompt`` / ``chosen`` / ``rejected`` rows (TRL renders them wit
 chat template), PEFT LoRA r=32, alpha=64 on q_proj/v_proj, dropout 0.05 (seed-001's adapter),
 batch 4, the same learning rate, epochs and beta as tunekit's defaults, fp32 on CPU
 (``bf16=False``: TRL's configs default to bf16, ~100x slower on this CPU) and every other TRL
-default (gradient checkpointing on, padded batches). tunekit runs
+default (gradient checkpointing on, padded batches, the sigmoid loss alone, where tunekit adds
+the chosen replies' NLL). tunekit runs
 ``tunekit.finetune(pairs, method="lora")`` with its defaults (objective dpo from the data).
 
 As in ``benchmarks/vs_trl.py`` the two runs take turns on the CPU (``--slice`` seconds each, at
@@ -14,7 +15,8 @@ tenants' load; each run's time is the time it held the CPU (its evaluations incl
 
 Data: ``examples/data/tldr_pairs.jsonl`` (the preferred reply opens with a "TL;DR:" line).
 Quality: the share of the held-out questions (``tldr_heldout.jsonl``: topics and phrasings never
-in training) whose greedy reply opens with "TL;DR:", for both. Tokens/s counts the real tokens of
+in training) whose greedy reply (80 new tokens) opens with "TL;DR:", and the share that loop (a
+three-word phrase three times: ``examples/preferences.py``'s check), for both. Tokens/s counts the real tokens of
 both sequences of every pair (prompt + chosen, prompt + rejected) x epochs over the training time.
 
 Usage::
@@ -57,10 +59,11 @@ def _heldout(n: int | None) -> list[str]:
     return preferences.heldout_prompts(n)
 
 
-def _rate(replies: list[str]) -> float:
+def _quality(replies: list[str]) -> dict:
     import preferences
 
-    return sum(map(preferences.opens_with_tldr, replies)) / len(replies)
+    return {"tldr_rate": sum(map(preferences.opens_with_tldr, replies)) / len(replies),
+            "loops": sum(map(preferences.loops, replies)) / len(replies), "sample": replies[0]}
 
 
 def run_plain(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
@@ -92,10 +95,9 @@ def run_plain(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
     tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
     trainer.train()
     trained = trainer.model.eval()
-    replies = [generate(trained, tokenizer, [{"role": "user", "content": q}], max_new_tokens=12)
+    replies = [generate(trained, tokenizer, [{"role": "user", "content": q}], max_new_tokens=80)
                for q in _heldout(args.heldout)]
-    return {"wall_seconds": turns.active, "tokens": tokens * args.epochs, "tldr_rate": _rate(replies),
-            "sample": replies[0]}
+    return {"wall_seconds": turns.active, "tokens": tokens * args.epochs, **_quality(replies)}
 
 
 def run_tunekit(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
@@ -112,9 +114,9 @@ def run_tunekit(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
     result = tunekit.finetune(_pairs(args.rows), method="lora", output_dir=str(out / "run"), epochs=args.epochs,
                               seed=args.seed, progress=False)
     m = result.metrics
-    replies = [result.chat(q, max_new_tokens=12) for q in _heldout(args.heldout)]
-    return {"wall_seconds": turns.active, "tokens": m["tokens_per_epoch"] * m["epochs"], "tldr_rate": _rate(replies),
-            "sample": replies[0], "reward_accuracy_last": m.reward_accuracy_last}
+    replies = [result.chat(q, max_new_tokens=80) for q in _heldout(args.heldout)]
+    return {"wall_seconds": turns.active, "tokens": m["tokens_per_epoch"] * m["epochs"], **_quality(replies),
+            "reward_accuracy_last": m.reward_accuracy_last}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -152,13 +154,14 @@ def main() -> int:
         print("running plain_trl and tunekit_lora taking turns ...", flush=True)
         results = run_children({name: command(name) for name in RUNNERS}, taking_turns=True)
 
-    print(f"{'':14s} {'wall s':>8s} {'tokens/s':>9s} {'TL;DR rate':>11s}")
+    print(f"{'':14s} {'wall s':>8s} {'tokens/s':>9s} {'TL;DR rate':>11s} {'loops':>6s}")
     for name, r in results.items():
-        print(f"{name:14s} {r['wall_seconds']:8.1f} {r['tokens_per_second']:9.1f} {r['tldr_rate']:11.3f}")
+        print(f"{name:14s} {r['wall_seconds']:8.1f} {r['tokens_per_second']:9.1f} {r['tldr_rate']:11.3f} "
+              f"{r['loops']:6.3f}")
     plain, ours = results["plain_trl"], results["tunekit_lora"]
     ratios = {"speedup_tokens_per_second": ours["tokens_per_second"] / plain["tokens_per_second"],
               "speedup_wall_time": plain["wall_seconds"] / ours["wall_seconds"],
-              "tldr_rate_delta": ours["tldr_rate"] - plain["tldr_rate"]}
+              "tldr_rate_delta": ours["tldr_rate"] - plain["tldr_rate"], "loops_delta": ours["loops"] - plain["loops"]}
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     record = {"date": datetime.now().isoformat(timespec="seconds"),
