@@ -40,7 +40,7 @@ class Options:
     output_dir: str | None = _opt(None, "where the adapter/model, card and metrics go; default: runs/<base>-<method>-<time>")
     resume: bool = _opt(False, "continue an interrupted run in output_dir from its last checkpoint")
     epochs: float = _opt(2.0, "passes over the training data (1-3 is typical)")
-    lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full (dpo/kto: 2e-4 and 5e-7)")
+    lr: float | None = _opt(None, "learning rate; default 2e-4 for lora/qlora, 2e-5 for full (the same for dpo/kto)")
     batch_size: int = _opt(4, "examples per device step")
     grad_accum: int | None = _opt(None, "steps whose gradients are summed before an update (effective batch = batch_size x "
                                         "grad_accum); default: 4, lowered to 2 or 1 so a small data set still gets ~100 updates")
