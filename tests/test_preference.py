@@ -283,18 +283,21 @@ def test_a_run_whose_preferred_replies_got_less_likely_is_warned_about():
     from tunekit.record import Metrics
     from tunekit.train import displacement_warning
 
-    dpo = SimpleNamespace(objective="dpo", lr=1e-3)
-    # The TL;DR example at lr 1e-3 (degenerate replies) against lr 2e-4 (healthy).
+    dpo = SimpleNamespace(objective="dpo", lr=1e-3, dpo_loss=("sigmoid",))
+    # The TL;DR example at lr 1e-3 with DPO alone (degenerate replies) against lr 2e-4 (healthy).
     collapsed = Metrics(logps_chosen_first=-112.2, logps_chosen_last=-158.6, reward_margin_last=17.7)
     text = displacement_warning(collapsed, dpo)
     assert "-112.2 to -158.6" in text and "margin of 17.7" in text and "1e-03" not in text and "0.001" in text
     assert "'loss_type': ['sigmoid', 'sft']" in text
+    # With the default loss the NLL term is already on: the advice is the lr and the epochs.
+    default = displacement_warning(collapsed, SimpleNamespace(objective="dpo", lr=1e-3, dpo_loss=("sigmoid", "sft")))
+    assert "loss_type" not in default and "lower learning rate" in default
     assert displacement_warning(Metrics(logps_chosen_first=-112.2, logps_chosen_last=-77.6), dpo) is None
     assert displacement_warning(Metrics(logps_chosen_first=-112.2, logps_chosen_last=-115.0), dpo) is None
     assert displacement_warning(Metrics(), dpo) is None
-    assert displacement_warning(collapsed, SimpleNamespace(objective="sft", lr=2e-4)) is None
+    assert displacement_warning(collapsed, SimpleNamespace(objective="sft", lr=2e-4, dpo_loss=None)) is None
     kto = displacement_warning(Metrics(logps_chosen_first=-50.0, logps_chosen_last=-80.0),
-                               SimpleNamespace(objective="kto", lr=1e-3))
+                               SimpleNamespace(objective="kto", lr=1e-3, dpo_loss=None))
     assert "KTO" in kto and "loss_type" not in kto and "margin" not in kto
 
 

@@ -755,12 +755,14 @@ def displacement_warning(metrics: Metrics, run_plan: Plan) -> str | None:
     if run_plan.objective == "sft" or first is None or last is None or last >= first * 1.05:
         return None
     margin = "" if metrics.reward_margin_last is None else f" at a reward margin of {metrics.reward_margin_last:g}"
-    sft_term = (", or TRL's SFT term on the chosen replies (training_args={'loss_type': ['sigmoid', 'sft']}, "
-                "the default)" if run_plan.objective == "dpo" and "sft" not in (run_plan.dpo_loss or ()) else "")
+    remedies = [f"a lower learning rate (this run: {run_plan.lr:g})", "fewer epochs"]
+    if run_plan.objective == "dpo" and "sft" not in (run_plan.dpo_loss or ()):
+        remedies.append("TRL's SFT term on the chosen replies, the default "
+                        "(training_args={'loss_type': ['sigmoid', 'sft']})")
     return (f"the preferred replies became less likely during {run_plan.objective.upper()} training: their "
             f"eval log-prob went from {first:.1f} to {last:.1f} per reply{margin}. Training pushed both sides "
-            "down, and such a model's replies often degenerate; read a few (result.chat). A lower learning "
-            f"rate (this run: {run_plan.lr:g}), fewer epochs{sft_term} keeps them likely.")
+            "down, and such a model's replies often degenerate; read a few (result.chat). "
+            f"{', '.join(remedies[:-1]).capitalize()} or {remedies[-1]} keep them likely.")
 
 
 def reference_kind(prepared: PreparedData, run_plan: Plan) -> str:
