@@ -101,7 +101,9 @@ def main() -> None:
         result = tunekit.finetune(data, method=args.method, output_dir=args.output_dir, **given)
 
     rows = heldout_rows(args.heldout)
-    base, tuned = quality(result, rows, use_adapter=False), quality(result, rows)
+    # A full fine-tune has no separate base to switch back to: measure the base with --method lora.
+    base = quality(result, rows, use_adapter=False) if result.adapter else {}
+    tuned = quality(result, rows)
     m = result.metrics
     print(json.dumps({
         "heldout_prompts": len(rows),
@@ -113,7 +115,8 @@ def main() -> None:
     }, indent=2))
     for i in (0, len(rows) // 2):
         print("PROMPT:", rows[i]["prompt"][-1]["content"])
-        print("BASE:  ", base["replies"][i])
+        if base:
+            print("BASE:  ", base["replies"][i])
         print("TUNED: ", tuned["replies"][i])
 
 
