@@ -14,7 +14,7 @@ import pytest
 import tunekit
 import tunekit.train
 from tunekit import templates
-from tunekit.errors import ConfigError
+from tunekit.errors import ConfigError, ModelError
 from tunekit.templates.pairs import encode_preference_rows, sequence_lengths, trained_tokens
 from tunekit.templates.render import installed_template, tokenize_chat
 
@@ -195,6 +195,11 @@ def test_full_dpo_keeps_a_frozen_reference_copy(tiny_model_dir, tmp_path):
                               **{**FAST, "eval_split": 0})
     assert result.run.preference["reference"] == "a frozen copy"
     assert (result.output_dir / "model.safetensors").exists()
+    # A full fine-tune has no base to switch back to, for answers or for scores.
+    with pytest.raises(ModelError, match="needs an adapter"):
+        result.chat("What is 2 plus 2?", max_new_tokens=2, use_adapter=False)
+    with pytest.raises(ModelError, match="needs an adapter"):
+        result.evaluate(_pairs(2), use_adapter=False)
 
 
 def test_estimate_counts_what_preference_training_adds(tiny_model_dir):

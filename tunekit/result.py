@@ -190,26 +190,27 @@ class TuneResult:
         kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
         if tools is not None:
             kwargs.update(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
-        if not use_adapter:
-            if not self.adapter:
-                raise ModelError("use_adapter=False needs an adapter; a full fine-tune has no separate base")
-            return self._base_reply(model, tokenizer, messages, stream, kwargs)
+        hold = self._holding(model, use_adapter)
         if stream:
-            return chatlib.stream(model, tokenizer, messages, lock=self._lock, **kwargs)
-        with self._lock:
+            # Held by the generating thread for exactly its generation.
+            return chatlib.stream(model, tokenizer, messages, lock=hold, **kwargs)
+        with hold:
             return chatlib.generate(model, tokenizer, messages, **kwargs)
 
-    def _base_reply(self, model, tokenizer, messages, stream: bool, kwargs):
+    def _holding(self, model, use_adapter: bool):
+        """The model's lock, with the adapter switched off inside it when ``use_adapter`` is False
+        (the base's own answers and scores, for comparisons)."""
+        if use_adapter:
+            return self._lock
+        if not self.adapter:
+            raise ModelError("use_adapter=False needs an adapter; a full fine-tune has no separate base")
+
         @contextlib.contextmanager
         def base_only():
             with self._lock, model.disable_adapter():
                 yield
 
-        if stream:
-            # Held by the generating thread for exactly its generation, as the tuned side's lock.
-            return chatlib.stream(model, tokenizer, messages, lock=base_only(), **kwargs)
-        with base_only():
-            return chatlib.generate(model, tokenizer, messages, **kwargs)
+        return base_only()
 
     def evaluate(self, data: Any, *, batch_size: int = 8, use_adapter: bool = True) -> dict[str, float]:
         """Mean loss and perplexity on ``data`` over the trained tokens (same template and masking
@@ -232,14 +233,12 @@ class TuneResult:
 
         rows, report = datalib.read_examples(data)
         model, tokenizer = self._model()
-        if not use_adapter and not self.adapter:
-            raise ModelError("use_adapter=False needs an adapter; a full fine-tune has no separate base")
+        hold = self._holding(model, use_adapter)
         encoded, _ = templates.encode_all(rows, tokenizer, train_on=self.run.train_on,
                                           max_length=self.run.option("max_length"), source=report.source)
         total_loss, total_tokens = 0.0, 0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        off = model.disable_adapter() if not use_adapter else contextlib.nullcontext()
-        with self._lock, off, torch.inference_mode():
+        with hold, torch.inference_mode():
             for i in range(0, len(encoded), batch_size):
                 ids, labels, mask = _batch(encoded[i:i + batch_size], pad)
                 logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
