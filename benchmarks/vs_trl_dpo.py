@@ -53,17 +53,16 @@ def _pairs(n: int | None) -> list[dict]:
     return rows[:n] if n else rows
 
 
-def _heldout(n: int | None) -> list[str]:
+def _heldout(n: int | None) -> list[dict]:
     import preferences
 
-    return preferences.heldout_prompts(n)
+    return preferences.heldout_rows(n)
 
 
-def _quality(replies: list[str]) -> dict:
+def _quality(replies: list[str], rows: list[dict]) -> dict:
     import preferences
 
-    return {"tldr_rate": sum(map(preferences.opens_with_tldr, replies)) / len(replies),
-            "loops": sum(map(preferences.loops, replies)) / len(replies), "sample": replies[0]}
+    return {**preferences.reply_checks(replies, rows), "sample": replies[0]}
 
 
 def run_plain(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
@@ -95,9 +94,9 @@ def run_plain(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
     tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
     trainer.train()
     trained = trainer.model.eval()
-    replies = [generate(trained, tokenizer, [{"role": "user", "content": q}], max_new_tokens=80)
-               for q in _heldout(args.heldout)]
-    return {"wall_seconds": turns.active, "tokens": tokens * args.epochs, **_quality(replies)}
+    rows = _heldout(args.heldout)
+    replies = [generate(trained, tokenizer, r["prompt"], max_new_tokens=80) for r in rows]
+    return {"wall_seconds": turns.active, "tokens": tokens * args.epochs, **_quality(replies, rows)}
 
 
 def run_tunekit(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
@@ -114,8 +113,9 @@ def run_tunekit(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
     result = tunekit.finetune(_pairs(args.rows), method="lora", output_dir=str(out / "run"), epochs=args.epochs,
                               seed=args.seed, progress=False)
     m = result.metrics
-    replies = [result.chat(q, max_new_tokens=80) for q in _heldout(args.heldout)]
-    return {"wall_seconds": turns.active, "tokens": m["tokens_per_epoch"] * m["epochs"], **_quality(replies),
+    rows = _heldout(args.heldout)
+    replies = [result.chat(r["prompt"], max_new_tokens=80) for r in rows]
+    return {"wall_seconds": turns.active, "tokens": m["tokens_per_epoch"] * m["epochs"], **_quality(replies, rows),
             "reward_accuracy_last": m.reward_accuracy_last}
 
 

@@ -11,8 +11,9 @@ about, the share that loop (a phrase said three times), and the perplexity of th
 reference replies.
 
 Run it with ``python examples/preferences.py`` in the project's venv: about 13 minutes on 2
-quiet CPU cores (7-9 to train 126 updates, 5-6 to write 80 replies of 80 tokens). ``--rows``/``--epochs``/``--lr``/``--beta`` try other settings (the defaults are
-tunekit's own).
+quiet CPU cores (7-9 to train 126 updates, 5-6 to write 80 replies of 80 tokens).
+``--rows``/``--epochs``/``--lr``/``--beta``/``--objective``/``--method`` try other settings (the
+defaults are tunekit's own); ``--measure RUN`` measures an earlier run's folder.
 """
 
 from __future__ import annotations
@@ -35,20 +36,9 @@ def heldout_rows(n: int | None = None) -> list[dict]:
     return [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()][:n]
 
 
-def heldout_prompts(n: int | None = None) -> list[str]:
-    """The held-out questions (never seen in training)."""
-    return [row["prompt"][-1]["content"] for row in heldout_rows(n)]
-
-
 def opens_with_tldr(reply: str) -> bool:
     """The measured property: the reply's first line is a "TL;DR:" summary."""
     return reply.lstrip().startswith("TL;DR:")
-
-
-def tldr_rate(result, prompts: list[str], *, use_adapter: bool = True, max_new_tokens: int = 12) -> float:
-    """Share of ``prompts`` whose greedy reply opens with "TL;DR:" (a few tokens tell)."""
-    replies = [result.chat(p, use_adapter=use_adapter, max_new_tokens=max_new_tokens) for p in prompts]
-    return sum(map(opens_with_tldr, replies)) / len(prompts)
 
 
 def on_topic(reply: str, topic: str) -> bool:
@@ -63,18 +53,22 @@ def loops(reply: str) -> bool:
     return max(Counter(zip(words, words[1:], words[2:])).values(), default=0) >= 3
 
 
+def reply_checks(replies: list[str], rows: list[dict]) -> dict:
+    """The shares of ``replies`` (to the held-out ``rows``, in order) that open with "TL;DR:",
+    stay on topic and loop."""
+    share = lambda flags: sum(flags) / len(rows)  # noqa: E731
+    return {"tldr_rate": share(map(opens_with_tldr, replies)),
+            "on_topic": share(on_topic(reply, r["topic"]) for reply, r in zip(replies, rows)),
+            "loops": share(map(loops, replies))}
+
+
 def quality(result, rows: list[dict], *, use_adapter: bool = True, max_new_tokens: int = 80) -> dict:
     """TL;DR rate and the checks that the replies are still answers, for the tuned model or its base."""
     replies = [result.chat(r["prompt"], use_adapter=use_adapter, max_new_tokens=max_new_tokens) for r in rows]
-    share = lambda flags: sum(flags) / len(rows)  # noqa: E731
     references = [{"messages": r["prompt"] + r["chosen"]} for r in rows]
-    return {
-        "tldr_rate": share(map(opens_with_tldr, replies)),
-        "on_topic": share(on_topic(reply, r["topic"]) for reply, r in zip(replies, rows)),
-        "loops": share(map(loops, replies)),
-        "reference_perplexity": result.evaluate(references, use_adapter=use_adapter)["perplexity"],
-        "replies": replies,
-    }
+    return {**reply_checks(replies, rows),
+            "reference_perplexity": result.evaluate(references, use_adapter=use_adapter)["perplexity"],
+            "replies": replies}
 
 
 def main() -> None:
