@@ -174,6 +174,33 @@ def take_turns(commands: dict[str, list[str]], logs: dict) -> dict[str, tuple]:
     return procs
 
 
+def add_run_arguments(p: argparse.ArgumentParser, runners: tuple[str, ...], *, rows: str, heldout: str) -> None:
+    """The options every side-by-side benchmark takes, and the hidden ones of its child runs."""
+    p.add_argument("--rows", type=int, default=None, help=rows)
+    p.add_argument("--heldout", type=int, default=None, help=heldout)
+    p.add_argument("--epochs", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--slice", type=float, default=5.0, help="seconds each run holds the CPU per turn")
+    p.add_argument("--child", choices=runners, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--turns", help=argparse.SUPPRESS)
+
+
+def child_command(script: str, name: str, out: str, args: argparse.Namespace) -> list[str]:
+    """The command line that runs ``script``'s child ``name`` with the parent's options."""
+    cmd = [sys.executable, script, "--child", name, "--out", out, "--epochs", str(args.epochs),
+           "--seed", str(args.seed), "--slice", str(args.slice)]
+    return cmd + (["--rows", str(args.rows)] if args.rows else []) + \
+        (["--heldout", str(args.heldout)] if args.heldout else [])
+
+
+def report(res: dict, turns: Turns) -> None:
+    """A child's last line: its result with tokens/s and the turns it held, for run_children."""
+    res["tokens_per_second"] = res["tokens"] / res["wall_seconds"]
+    res["slices"] = turns.slices
+    print("RESULT " + json.dumps(res))
+
+
 def run_children(commands: dict[str, list[str]], *, taking_turns: bool) -> dict[str, dict]:
     """Run the child benchmarks, taking turns on the CPU (or one after the other), and return
     each one's ``RESULT`` line; exit with a failed child's output, or when timed turns overlapped."""
@@ -296,24 +323,15 @@ def child(args: argparse.Namespace) -> None:
         res = run_plain(args, out, turns)
     else:
         res = run_tunekit(args, out, args.child.split("_", 1)[1], turns)
-    res["tokens_per_second"] = res["tokens"] / res["wall_seconds"]
-    res["slices"] = turns.slices
-    print("RESULT " + json.dumps(res))
+    report(res, turns)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=None, help="training rows (default: all 200)")
-    p.add_argument("--heldout", type=int, default=None, help="held-out rows (default: all 40)")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=42)
+    add_run_arguments(p, RUNNERS, rows="training rows (default: all 200)", heldout="held-out rows (default: all 40)")
     p.add_argument("--only", choices=RUNNERS, action="append", help="run only these")
     p.add_argument("--no-docs", action="store_true", help="do not append to docs/benchmarks.md")
-    p.add_argument("--slice", type=float, default=5.0, help="seconds each run holds the CPU per turn")
     p.add_argument("--sequential", action="store_true", help="run one after the other instead of taking turns")
-    p.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--turns", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args)
@@ -326,13 +344,7 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         def command(name: str) -> list[str]:
-            cmd = [sys.executable, __file__, "--child", name, "--out", f"{tmp}/{name}", "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--slice", str(args.slice)]
-            if args.rows:
-                cmd += ["--rows", str(args.rows)]
-            if args.heldout:
-                cmd += ["--heldout", str(args.heldout)]
-            return cmd
+            return child_command(__file__, name, f"{tmp}/{name}", args)
 
         batches = ([timed] if timed else []) + [[n] for n in names if n not in timed]
         for batch in batches:

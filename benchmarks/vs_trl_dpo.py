@@ -41,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "examples")]
 
-from vs_trl import Turns, run_children, save_record  # noqa: E402  (the turn-taking, shared)
+from vs_trl import (  # noqa: E402  (the turn-taking and child runs, shared)
+    Turns, add_run_arguments, child_command, report, run_children, save_record)
 
 RUNNERS = ("plain_trl", "tunekit_lora")
 
@@ -122,37 +123,21 @@ def run_tunekit(args: argparse.Namespace, out: Path, turns: Turns) -> dict:
 def child(args: argparse.Namespace) -> None:
     out = Path(args.out)
     turns = Turns(args.turns, args.slice)
-    res = run_plain(args, out, turns) if args.child == "plain_trl" else run_tunekit(args, out, turns)
-    res["tokens_per_second"] = res["tokens"] / res["wall_seconds"]
-    res["slices"] = turns.slices
-    print("RESULT " + json.dumps(res))
+    report(run_plain(args, out, turns) if args.child == "plain_trl" else run_tunekit(args, out, turns), turns)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=None, help="training pairs (default: all 280)")
-    p.add_argument("--heldout", type=int, default=None, help="held-out prompts (default: all 40)")
-    p.add_argument("--epochs", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--slice", type=float, default=5.0, help="seconds each run holds the CPU per turn")
-    p.add_argument("--child", choices=RUNNERS, help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--turns", help=argparse.SUPPRESS)
+    add_run_arguments(p, RUNNERS, rows="training pairs (default: all 280)", heldout="held-out prompts (default: all 40)")
     args = p.parse_args()
     if args.child:
         child(args)
         return 0
 
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        def command(name: str) -> list[str]:
-            cmd = [sys.executable, __file__, "--child", name, "--out", f"{tmp}/{name}", "--epochs", str(args.epochs),
-                   "--seed", str(args.seed), "--slice", str(args.slice)]
-            return cmd + (["--rows", str(args.rows)] if args.rows else []) + \
-                (["--heldout", str(args.heldout)] if args.heldout else [])
-
         print("running plain_trl and tunekit_lora taking turns ...", flush=True)
-        results = run_children({name: command(name) for name in RUNNERS}, taking_turns=True)
+        results = run_children({name: child_command(__file__, name, f"{tmp}/{name}", args) for name in RUNNERS},
+                               taking_turns=True)
 
     print(f"{'':14s} {'wall s':>8s} {'tokens/s':>9s} {'TL;DR rate':>11s} {'loops':>6s}")
     for name, r in results.items():
