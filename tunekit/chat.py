@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -323,6 +323,26 @@ class ContentFilter:
         return reply.content[len(shown):] if reply.content.startswith(shown) else ""
 
 
+def filtered(pieces: Iterable[str], plan: ToolPlan,
+             reply_of: Callable[[str], ChatReply]) -> Generator[str, None, ChatReply]:
+    """Stream ``pieces`` of a reply with call syntax held back (:class:`ContentFilter`), then the
+    content still held; returns the :class:`ChatReply` that ``reply_of`` makes of the whole text
+    (``reply = yield from filtered(...)``). One place for ``chat(stream=True)`` and both of the
+    server's streaming paths."""
+    shown = ContentFilter(plan)
+    if plan.prefix:
+        shown.feed(plan.prefix)
+    for piece in pieces:
+        out = shown.feed(piece)
+        if out:
+            yield out
+    reply = reply_of(shown.text)
+    rest = shown.finish(reply)
+    if rest:
+        yield rest
+    return reply
+
+
 class ReplyStream:
     """A streamed reply to a chat with tools: iterate it for the text as it comes (call syntax
     held back); once exhausted, ``reply`` holds the :class:`ChatReply` with the calls.
@@ -337,17 +357,7 @@ class ReplyStream:
         self.reply: ChatReply | None = None
 
     def __iter__(self) -> Iterator[str]:
-        shown = ContentFilter(self._plan)
-        if self._plan.prefix:
-            shown.feed(self._plan.prefix)
-        for piece in self._pieces:
-            out = shown.feed(piece)
-            if out:
-                yield out
-        self.reply = reply_from_text(shown.text, self._plan)
-        rest = shown.finish(self.reply)
-        if rest:
-            yield rest
+        self.reply = yield from filtered(self._pieces, self._plan, lambda text: reply_from_text(text, self._plan))
 
 
 def generation_kwargs(tokenizer, *, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:

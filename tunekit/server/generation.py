@@ -15,6 +15,7 @@ the start of a call.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -151,29 +152,23 @@ def _stream_batched(pool: AdapterPool, adapter: str | None, request: ChatComplet
     if stop.is_set():
         handle.cancel()
 
-    def pieces() -> Iterator[str]:
-        shown = None
-        for piece in handle:
-            if shown is None:
-                plan = handle.plan  # known once the first piece came
-                shown = chatlib.ContentFilter(plan) if plan is not None else False
-                if shown:
-                    shown.feed(plan.prefix)
-            out = shown.feed(piece) if shown else piece
-            if out:
-                yield out
+    def scheduled(_text: str) -> chatlib.ChatReply:
+        # The scheduler parsed the calls itself: the reply is its result, not the text's.
         done = handle.result()
-        plan = handle.plan
+        return chatlib.ChatReply(done.text, done.tool_calls)
+
+    def pieces() -> Iterator[str]:
+        text = iter(handle)
+        head = [first] if (first := next(text, None)) is not None else []
+        plan = handle.plan  # known once the first piece came (or the request ended)
+        if plan is None:
+            yield from (piece for piece in itertools.chain(head, text) if piece)
+        else:
+            yield from chatlib.filtered(itertools.chain(head, text), plan, scheduled)
+        done = handle.result()
         state.prompt_tokens, state.completion_tokens = done.prompt_tokens, done.completion_tokens
         state.finish_reason = "length" if done.finish_reason == "length" else "stop"
         if plan is not None:
-            if shown is None:
-                shown = chatlib.ContentFilter(plan)
-                shown.feed(plan.prefix)
-            reply = chatlib.ChatReply(done.text, done.tool_calls)
-            rest = shown.finish(reply)
-            if rest:
-                yield rest
             state.tool_calls = done.tool_calls
             state.finish_reason = with_calls(state.finish_reason, done.tool_calls, plan)
 
@@ -291,20 +286,9 @@ def stream(pool: AdapterPool, adapter: str | None, request: ChatCompletionReques
                 yield first
                 yield from text
             return
-        shown = chatlib.ContentFilter(plan)
-        shown.feed(plan.prefix)
-        for piece in ([first] if first is not None else []):
-            out = shown.feed(piece)
-            if out:
-                yield out
-        for piece in text:
-            out = shown.feed(piece)
-            if out:
-                yield out
-        reply = chatlib.reply_from_text(shown.text, plan)
-        rest = shown.finish(reply)
-        if rest:
-            yield rest
+        head = [first] if first is not None else []
+        reply = yield from chatlib.filtered(itertools.chain(head, text), plan,
+                                            lambda whole: chatlib.reply_from_text(whole, plan))
         state.tool_calls = reply.tool_calls
         state.finish_reason = with_calls(state.finish_reason, reply.tool_calls, plan)
 
